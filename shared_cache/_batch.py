@@ -1,0 +1,155 @@
+"""``get_embeddings_batch_with_cache`` (section 8): many texts, one lookup, one provider call.
+
+Duplicates are looked up and generated once and the input order is kept. The memory tier answers
+what it can; the rest costs one Redis round trip (read_batch.lua), one provider call with only the
+missing texts, and one generation-checked write of all new embeddings (write_batch.lua).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from time import perf_counter
+from typing import Any
+
+from ._keys import gen_key, tenant_tag, validate_tenant
+from ._manager import CacheManager
+from ._redis_tier import READ_BATCH, WRITE_BATCH
+from ._serialization import decode_embedding, encode_embedding
+from ._ttl import ttl_for
+from .errors import BackendUnavailable, CorruptEntryError, SerializationError
+
+EmbeddingProvider = Callable[[list[str]], Any]
+_TYPE = "embedding"
+
+
+async def get_embeddings_batch_with_cache(
+    texts: Sequence[str],
+    tenant_id: str,
+    model_name: str,
+    embedding_provider: EmbeddingProvider,
+    ttl: int | None = None,
+) -> tuple[list[list[float]], dict[str, Any]]:
+    """Embeddings of ``texts`` in order, and metrics (``cache_hits``, ``cache_misses`` counted per
+    distinct text, plus ``memory_hits``, ``redis_hits``, ``duplicates``, ``round_trips``...)."""
+    start = perf_counter()
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a sequence of str (not a single str)")
+    if not callable(embedding_provider):
+        raise TypeError(f"embedding_provider must be callable with a list of texts, got {embedding_provider!r}")
+    tenant = validate_tenant(tenant_id)
+    manager = CacheManager._instance or CacheManager.get_instance()
+    memory = manager.memory
+    if memory is not None and not manager.listening:
+        await manager.start()
+    seq = memory.eviction_seq if memory is not None else 0
+    unique = list(dict.fromkeys(texts))
+    rids = [manager.embedding_resource_id(text, model_name) for text in unique]
+    found: dict[str, bytes] = {}
+    metrics: dict[str, Any] = {"memory_hits": 0, "redis_hits": 0, "round_trips": 0, "duplicates": len(texts) - len(unique)}
+
+    pending: list[int] = []
+    for i, rid in enumerate(rids):
+        entry = memory.get((_TYPE, tenant, rid, None, None, None)) if memory is not None else None
+        if entry is not None and entry.kind == 2:  # HOLD_EMBEDDING
+            found[unique[i]] = entry.data
+            metrics["memory_hits"] += 1
+        else:
+            pending.append(i)
+
+    tag = tenant_tag(manager.prefix, tenant)
+    head = [gen_key(manager.prefix, (tenant,)), gen_key(manager.prefix, (tenant, "type", _TYPE))]
+    tags: dict[int, str] = {}
+    if pending:
+        keys = list(head)
+        for i in pending:
+            keys += [f"{tag}:{_TYPE}:{rids[i]}", f"{tag}:#gen:res:{_TYPE}:{rids[i]}"]
+        try:
+            reply = await manager.redis.script(READ_BATCH, keys, [])
+            metrics["round_trips"] += 1
+        except BackendUnavailable:
+            manager.stats.error("redis")
+            reply = None
+        if reply is not None:
+            g1, g2 = reply[0].decode(), reply[1].decode()
+            for i, item in zip(pending, reply[2:], strict=True):
+                if isinstance(item, bytes):
+                    try:
+                        decode_embedding(item)
+                    except CorruptEntryError:
+                        manager.stats.error("corrupt_entry")
+                        continue
+                    found[unique[i]] = item
+                    metrics["redis_hits"] += 1
+                    if memory is not None and memory.eviction_seq == seq:
+                        memory.set((_TYPE, tenant, rids[i], None, None, None), item, 0, f"{tag}:{_TYPE}:{rids[i]}", "tenant", _scopes(tenant, rids[i]))
+                else:
+                    tags[i] = f"{g1},{g2},{item}"
+
+    missing = [i for i in pending if unique[i] not in found]
+    if missing:
+        payloads = await _generate(embedding_provider, [unique[i] for i in missing])
+        for i, payload in zip(missing, payloads, strict=True):
+            found[unique[i]] = payload
+        await _store(manager, head, tag, rids, missing, payloads, tags, ttl, metrics)
+        if memory is not None and memory.eviction_seq == seq:
+            for i, payload in zip(missing, payloads, strict=True):
+                if i in tags:
+                    memory.set((_TYPE, tenant, rids[i], None, None, None), payload, 0, f"{tag}:{_TYPE}:{rids[i]}", "tenant", _scopes(tenant, rids[i]))
+
+    decoded = {text: decode_embedding(payload) for text, payload in found.items()}
+    seen: set[str] = set()
+    out: list[list[float]] = []
+    for text in texts:  # each position gets its own list, even for repeated texts
+        out.append(decoded[text] if text not in seen else list(decoded[text]))
+        seen.add(text)
+    hits = len(unique) - len(missing)
+    latency = (perf_counter() - start) * 1000.0
+    metrics.update(cache_hits=hits, cache_misses=len(missing), generated=len(missing), latency_ms=latency)
+    manager.stats.hits[_TYPE, "batch"] += hits
+    manager.stats.misses[_TYPE] += len(missing)
+    return out, metrics
+
+
+def _scopes(tenant: str, rid: str) -> tuple[tuple[str, ...], ...]:
+    return ((tenant,), (tenant, "type", _TYPE), (tenant, "res", _TYPE, rid))
+
+
+async def _generate(provider: EmbeddingProvider, texts: list[str]) -> list[bytes]:
+    """Call the provider once and encode its vectors (errors of the provider propagate)."""
+    result = provider(texts)
+    if inspect.isawaitable(result):
+        result = await result
+    vectors = list(result)
+    if len(vectors) != len(texts):
+        raise ValueError(f"embedding_provider returned {len(vectors)} embeddings for {len(texts)} texts")
+    try:
+        return [encode_embedding(v) for v in vectors]
+    except SerializationError as exc:
+        raise ValueError(f"embedding_provider returned something that is not a list of vectors: {exc}") from exc
+
+
+async def _store(
+    manager: CacheManager,
+    head: list[str],
+    tag: str,
+    rids: list[str],
+    missing: list[int],
+    payloads: list[bytes],
+    tags: dict[int, str],
+    ttl: int | None,
+    metrics: dict[str, Any],
+) -> None:
+    keys = list(head)
+    args: list[Any] = [ttl_for(_TYPE, ttl, manager.settings.ttl_jitter) * 1000]
+    for i, payload in zip(missing, payloads, strict=True):
+        if i in tags:
+            keys += [f"{tag}:{_TYPE}:{rids[i]}", f"{tag}:#gen:res:{_TYPE}:{rids[i]}"]
+            args += [tags[i], payload]
+    if len(keys) == 2:
+        return
+    try:
+        metrics["stored"] = await manager.redis.script(WRITE_BATCH, keys, args)
+        metrics["round_trips"] += 1
+    except BackendUnavailable:
+        manager.stats.error("redis")

@@ -1,0 +1,79 @@
+"""``EvictionEvent``: the small typed message every invalidation publishes (ARCHITECTURE.md 3.3)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ._keys import Scope, validate_tenant
+
+EVENT_VERSION = 1
+_SCOPE_KINDS = {"type": 2, "res": 3, "agent": 2, "conv": 2, "coll": 2}
+
+
+def check_scope(scope: Any, tenant_id: str) -> Scope:
+    """A scope tuple from the wire, refusing anything outside ``tenant_id`` or of unknown shape."""
+    if not isinstance(scope, (list, tuple)) or not scope or not all(isinstance(p, str) for p in scope):
+        raise ValueError(f"scope must be a non-empty list of strings, got {scope!r}")
+    if scope[0] != tenant_id:
+        raise ValueError(f"scope {scope!r} is outside tenant {tenant_id!r}")
+    if len(scope) > 1 and _SCOPE_KINDS.get(scope[1]) != len(scope) - 1:
+        raise ValueError(f"scope {scope!r} has an unknown kind or length")
+    return tuple(scope)
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionEvent:
+    """Scopes of one tenant whose generations were bumped (or entries deleted) by one call.
+
+    ``seq`` increases per ``origin`` (the publishing process), so a subscriber can tell gaps and
+    duplicates from one node; ``sent_at`` (wall clock) lets a subscriber measure propagation.
+    """
+
+    tenant_id: str
+    scopes: tuple[Scope, ...]
+    seq: int
+    origin: str
+    reason: str = "invalidate"
+    sent_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": EVENT_VERSION,
+                "tenant": self.tenant_id,
+                "scopes": self.scopes,
+                "seq": self.seq,
+                "origin": self.origin,
+                "reason": self.reason,
+                "sent_at": self.sent_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> EvictionEvent:
+        """Parse and validate; raises ``ValueError`` naming what is wrong."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"eviction event is not JSON: {exc}") from exc
+        if not isinstance(data, dict) or data.get("v") != EVENT_VERSION:
+            raise ValueError(f"eviction event of unknown version: {str(data)[:200]!r}")
+        tenant = validate_tenant(data.get("tenant"))
+        scopes = data.get("scopes")
+        if not isinstance(scopes, list) or not scopes:
+            raise ValueError(f"eviction event has no scopes: {scopes!r}")
+        seq, origin, sent_at = data.get("seq"), data.get("origin"), data.get("sent_at")
+        if not isinstance(seq, int) or not isinstance(origin, str) or not isinstance(sent_at, (int, float)):
+            raise ValueError("eviction event needs int seq, str origin and numeric sent_at")
+        return cls(
+            tenant_id=tenant,
+            scopes=tuple(check_scope(s, tenant) for s in scopes),
+            seq=seq,
+            origin=origin,
+            reason=str(data.get("reason", "invalidate")),
+            sent_at=float(sent_at),
+        )

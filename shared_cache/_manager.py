@@ -1,0 +1,490 @@
+"""``CacheManager``: the singleton that owns the memory tier, the Redis tier and the stats.
+
+Methods of sections 4.2, 7, 9.3 and 13.1 of the standard can be called on the class
+(``await CacheManager.get(...)``, served by the singleton) or on an instance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, ClassVar, Generic, TypeVar
+
+import orjson
+
+from ._events import EvictionEvent
+from ._keys import (
+    SCOPE_AGENT,
+    SCOPE_COLLECTION,
+    SCOPE_CONVERSATION,
+    SCOPE_RESOURCE,
+    SCOPE_TYPE,
+    KeyPlan,
+    Scope,
+    build_plan,
+    encode_id,
+    gen_key,
+    tenant_tag,
+    text_digest,
+    validate_data_type,
+    validate_tenant,
+)
+from ._memory import MemoryTier, entry_value
+from ._metrics import CacheStats
+from ._redis_tier import INVALIDATE, READ, WRITE, RedisTier
+from ._serialization import Deserializer, Serializer, deserialize_from_cache, serialize_for_cache
+from ._settings import CacheSettings
+from ._ttl import ttl_for
+from .errors import BackendUnavailable
+
+T = TypeVar("T")
+_PLAN_CACHE_SIZE = 50_000
+
+
+class _singleton_method(Generic[T]):
+    """Bind a method to the singleton when it is looked up on the class itself."""
+
+    def __init__(self, func: Callable[..., T]) -> None:
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj: Any, cls: type[CacheManager]) -> Callable[..., T]:
+        return self.func.__get__(cls.get_instance() if obj is None else obj, cls)  # type: ignore[no-any-return]
+
+
+Lookup = tuple[int, bytes | str, int]
+"""Result of read.lua: (level, payload, pttl) on a hit; (0, tag, lease_taken) on a miss."""
+
+
+class CacheManager:
+    """Redis + memory cache manager; one per process via :meth:`get_instance`."""
+
+    _instance: ClassVar[CacheManager | None] = None
+
+    def __init__(self, settings: CacheSettings | None = None) -> None:
+        self.settings = settings or CacheSettings()
+        s = self.settings
+        self.prefix = s.key_prefix
+        self.memory: MemoryTier | None = (
+            MemoryTier(s.memory_max_entries, s.memory_max_bytes, s.memory_ttl_cap_seconds)
+            if s.memory_enabled
+            else None
+        )
+        self.redis = RedisTier(s)
+        self.stats = CacheStats()
+        self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._seq = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._plans: dict[Hashable, KeyPlan] = {}
+        self.subscriber: Any = None  # EvictionSubscriber, started by start()
+
+    # -- singleton ---------------------------------------------------------------------------
+    @classmethod
+    def get_instance(cls) -> CacheManager:
+        instance = cls._instance
+        if instance is None:
+            instance = cls._instance = cls()
+        return instance
+
+    @classmethod
+    def configure(cls, settings: CacheSettings | None = None, **overrides: Any) -> CacheManager:
+        """Replace the singleton (e.g. at service start-up or in tests) and return it."""
+        if settings is None:
+            settings = CacheSettings(**overrides)
+        elif overrides:
+            settings = settings.model_copy(update=overrides)
+        old = cls._instance
+        if old is not None and old.subscriber is not None:
+            old.subscriber.stop_soon()
+        cls._instance = cls(settings)
+        return cls._instance
+
+    # -- plans -------------------------------------------------------------------------------
+    def plan(
+        self,
+        data_type: str,
+        tenant_id: str,
+        resource_id: Any,
+        agent_id: Any = None,
+        conversation_id: Any = None,
+        collection_id: Any = None,
+    ) -> KeyPlan:
+        """Validated keys of a request identity, cached (validation runs once per identity)."""
+        ident = (data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
+        plan = self._plans.get(ident)
+        if plan is None:
+            plan = build_plan(self.prefix, data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[ident] = plan
+        return plan
+
+    def new_token(self) -> str:
+        return f"{self.origin}:{next(self._tokens)}"
+
+    # -- Redis primitives ------------------------------------------------------------------------
+    async def lookup(self, plan: KeyPlan, lease_token: str = "") -> Lookup:
+        keys = (*plan.entry_keys, *plan.gen_keys, plan.lease_key)
+        args = [len(plan.entry_keys), *plan.level_gens, lease_token, self.settings.lease_ms]
+        reply = await self.redis.script(READ, keys, args)
+        if reply[0] == 0:
+            return 0, reply[2], reply[1]
+        return reply[0], reply[1], reply[2]
+
+    async def store(
+        self,
+        plan: KeyPlan,
+        tag: bytes | str,
+        payload: bytes,
+        ttl_seconds: int,
+        lease_token: str = "",
+    ) -> bool:
+        keys = (plan.entry_keys[0], *plan.gen_keys, plan.lease_key)
+        reply = await self.redis.script(WRITE, keys, [tag, payload, ttl_seconds * 1000, lease_token])
+        return bool(reply)
+
+    async def publish_eviction(self, tenant_id: str, scopes: list[Scope], gen_keys: list[str], reason: str) -> None:
+        """Bump ``gen_keys`` and publish one event for ``scopes`` in one round trip, then evict locally."""
+        event = EvictionEvent(tenant_id, tuple(scopes), next(self._seq), self.origin, reason)
+        channel = self.settings.eviction_channel if self.settings.subscriber_enabled else ""
+        try:
+            await self.redis.script(INVALIDATE, gen_keys, [channel, event.to_json()])
+        finally:
+            # Local memory goes whatever Redis said: never serve locally what we meant to drop.
+            if self.memory is not None:
+                self.memory.evict_scopes(scopes)
+
+    # -- basic operations (section 4.2) ----------------------------------------------------------
+    @_singleton_method
+    async def get(
+        self,
+        data_type: str,
+        resource_id: Any,
+        tenant_id: str,
+        agent_id: Any = None,
+        conversation_id: Any = None,
+        collection_id: Any = None,
+        deserializer: Deserializer | None = None,
+    ) -> Any:
+        """The cached value (memory, then the Redis hierarchy) or None. Never raises for Redis."""
+        ident = (data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
+        memory = self.memory
+        if memory is not None:
+            entry = memory.get(ident)
+            if entry is not None:
+                try:
+                    return entry_value(entry, deserializer)
+                except Exception:
+                    memory.delete(ident)
+                    self.stats.error("deserialize")
+        plan = self.plan(*ident)
+        if memory is not None and not self.listening:
+            await self.start()
+        seq = memory.eviction_seq if memory is not None else 0
+        try:
+            level, payload, pttl = await self.lookup(plan)
+        except BackendUnavailable:
+            self.stats.error("redis")
+            return None
+        if level == 0:
+            return None
+        try:
+            value = deserialize_from_cache(payload, data_type, deserializer)  # type: ignore[arg-type]
+        except Exception:
+            await self._drop_corrupt(plan.entry_keys[level - 1])
+            return None
+        if memory is not None and memory.eviction_seq == seq:
+            memory.set(ident, payload, pttl / 1000, plan.entry_keys[level - 1], plan.level_names[level - 1], plan.scopes)  # type: ignore[arg-type]
+        return value
+
+    @_singleton_method
+    async def set(
+        self,
+        data_type: str,
+        resource_id: Any,
+        value: Any,
+        tenant_id: str,
+        agent_id: Any = None,
+        conversation_id: Any = None,
+        collection_id: Any = None,
+        ttl: int | None = None,
+        serializer: Serializer | None = None,
+    ) -> bool:
+        """Store ``value`` at the most specific key. Raises ``SerializationError`` for values with
+        no encoding; returns False (and counts it) if Redis is unavailable."""
+        ident = (data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
+        plan = self.plan(*ident)
+        payload = serialize_for_cache(value, data_type, serializer)
+        seconds = ttl_for(data_type, ttl, self.settings.ttl_jitter)
+        try:
+            stored = await self.store(plan, "", payload, seconds)
+        except BackendUnavailable:
+            self.stats.error("redis")
+            stored = False
+        if self.memory is not None:
+            self.memory.delete(ident)
+        if stored:
+            self.stats.size(data_type, len(payload))
+            # Other nodes may hold the previous value of this resource in memory.
+            await self._announce(plan.tenant_id, [plan.scopes[2]], "set")
+        return stored
+
+    @_singleton_method
+    async def delete(
+        self,
+        data_type: str,
+        resource_id: Any,
+        tenant_id: str,
+        agent_id: Any = None,
+        conversation_id: Any = None,
+        collection_id: Any = None,
+    ) -> bool:
+        """Delete the entry at the most specific key (memory and Redis); True if Redis had it."""
+        plan = self.plan(data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
+        try:
+            deleted = bool(await self.redis.call("DEL", plan.entry_keys[0]))
+        except BackendUnavailable:
+            self.stats.error("redis")
+            deleted = False
+        await self._announce(plan.tenant_id, [plan.scopes[2]], "delete")
+        return deleted
+
+    @_singleton_method
+    async def ttl(
+        self,
+        data_type: str,
+        resource_id: Any,
+        tenant_id: str,
+        agent_id: Any = None,
+        conversation_id: Any = None,
+        collection_id: Any = None,
+    ) -> int:
+        """Seconds left of the entry that a read would serve from Redis; -1 = no expiry,
+        -2 = no valid entry (missing, expired or invalidated)."""
+        plan = self.plan(data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
+        level, _payload, pttl = await self.lookup(plan)
+        if level == 0:
+            return -2
+        return -1 if pttl < 0 else max(0, round(pttl / 1000))
+
+    async def _announce(self, tenant_id: str, scopes: list[Scope], reason: str) -> None:
+        """Evict ``scopes`` from every node's memory tier without bumping generations."""
+        try:
+            await self.publish_eviction(tenant_id, scopes, [], reason)
+        except BackendUnavailable:
+            self.stats.error("redis")
+
+    async def _drop_corrupt(self, key: str) -> None:
+        self.stats.error("corrupt_entry")
+        try:
+            await self.redis.call("DEL", key)
+        except BackendUnavailable:
+            self.stats.error("redis")
+
+    # -- invalidation (section 7) ----------------------------------------------------------------
+    @_singleton_method
+    async def invalidate(
+        self,
+        tenant_id: str,
+        data_type: str,
+        resource_id: Any = "*",
+        agent_id: Any = None,
+        conversation_id: Any = None,
+        collection_id: Any = None,
+    ) -> None:
+        """Invalidate one resource in every context it was cached under, or with ``resource_id="*"``
+        every entry of the type for the tenant. O(1): one generation bump, one round trip.
+
+        ``agent_id``/``conversation_id``/``collection_id`` narrow nothing (a resource's entries are
+        all dropped); they are accepted for the standard's signature. Raises ``BackendUnavailable`` if
+        Redis cannot record the invalidation: the caller must know it did not happen.
+        """
+        tenant = validate_tenant(tenant_id)
+        dtype = validate_data_type(data_type)
+        if resource_id == "*":
+            scope: Scope = (tenant, SCOPE_TYPE, dtype)
+        else:
+            scope = (tenant, SCOPE_RESOURCE, dtype, encode_id(resource_id))
+        await self.publish_eviction(tenant, [scope], [gen_key(self.prefix, scope)], "invalidate")
+
+    @_singleton_method
+    async def invalidate_scopes(self, tenant_id: str, scopes: list[Scope], reason: str = "invalidate") -> None:
+        """Bump several scopes of one tenant at once (one round trip, one event)."""
+        tenant = validate_tenant(tenant_id)
+        checked = [s for s in scopes if s and s[0] == tenant]
+        if len(checked) != len(scopes):
+            raise ValueError(f"every scope must belong to tenant {tenant!r}: {scopes!r}")
+        await self.publish_eviction(tenant, checked, [gen_key(self.prefix, s) for s in checked], reason)
+
+    @_singleton_method
+    async def invalidate_agent_complete(self, tenant_id: str, agent_id: Any) -> None:
+        """Every entry cached under the agent, and its ``agent_config``."""
+        tenant = validate_tenant(tenant_id)
+        agent = encode_id(agent_id, "agent_id")
+        await self.invalidate_scopes(
+            tenant,
+            [(tenant, SCOPE_AGENT, agent), (tenant, SCOPE_RESOURCE, "agent_config", agent)],
+            "agent",
+        )
+
+    @_singleton_method
+    async def invalidate_collection_complete(self, tenant_id: str, collection_id: Any) -> None:
+        """Every entry cached under the collection (queries, retrievals, its vector store)."""
+        tenant = validate_tenant(tenant_id)
+        coll = encode_id(collection_id, "collection_id")
+        await self.invalidate_scopes(
+            tenant,
+            [(tenant, SCOPE_COLLECTION, coll), (tenant, SCOPE_RESOURCE, "vector_store", coll)],
+            "collection",
+        )
+
+    @_singleton_method
+    async def invalidate_conversation_complete(self, tenant_id: str, conversation_id: Any) -> None:
+        tenant = validate_tenant(tenant_id)
+        conv = encode_id(conversation_id, "conversation_id")
+        await self.invalidate_scopes(tenant, [(tenant, SCOPE_CONVERSATION, conv)], "conversation")
+
+    @_singleton_method
+    async def invalidate_tenant(self, tenant_id: str) -> None:
+        """Everything of one tenant (offboarding, key rotation): one generation bump."""
+        tenant = validate_tenant(tenant_id)
+        await self.invalidate_scopes(tenant, [(tenant,)], "tenant")
+
+    # -- typed helpers (sections 4.2 and 11) ---------------------------------------------------
+    @staticmethod
+    def embedding_resource_id(text: str, model_name: str) -> str:
+        if not isinstance(text, str) or not isinstance(model_name, str) or not model_name:
+            raise ValueError(
+                f"embedding needs str text and a non-empty str model_name, got {type(text).__name__}, {model_name!r}"
+            )
+        return f"emb_{text_digest(model_name)[:12]}_{text_digest(text)}"
+
+    @_singleton_method
+    async def get_embedding(self, text: str, model_name: str, tenant_id: str) -> list[float] | None:
+        return await self.get("embedding", self.embedding_resource_id(text, model_name), tenant_id)  # type: ignore[no-any-return]
+
+    @_singleton_method
+    async def set_embedding(
+        self, text: str, embedding: Any, model_name: str, tenant_id: str, ttl: int | None = None
+    ) -> bool:
+        return await self.set("embedding", self.embedding_resource_id(text, model_name), embedding, tenant_id, ttl=ttl)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def query_resource_id(query: str, params: Mapping[str, Any]) -> str:
+        if not isinstance(query, str):
+            raise ValueError(f"query must be a str, got {type(query).__name__}")
+        body = orjson.dumps({"q": query, "p": params}, option=orjson.OPT_SORT_KEYS).decode()
+        return "q_" + text_digest(body)
+
+    @_singleton_method
+    async def get_query_result(
+        self, query: str, collection_id: Any, tenant_id: str, similarity_top_k: int | None = None, **params: Any
+    ) -> Any:
+        params["similarity_top_k"] = similarity_top_k
+        rid = self.query_resource_id(query, params)
+        return await self.get("query_result", rid, tenant_id, collection_id=collection_id)
+
+    @_singleton_method
+    async def set_query_result(
+        self,
+        query: str,
+        result: Any,
+        collection_id: Any,
+        tenant_id: str,
+        similarity_top_k: int | None = None,
+        ttl: int | None = None,
+        **params: Any,
+    ) -> bool:
+        params["similarity_top_k"] = similarity_top_k
+        rid = self.query_resource_id(query, params)
+        return await self.set("query_result", rid, result, tenant_id, collection_id=collection_id, ttl=ttl)  # type: ignore[no-any-return]
+
+    @_singleton_method
+    async def get_agent_config(self, agent_id: Any, tenant_id: str) -> Any:
+        return await self.get("agent_config", agent_id, tenant_id)
+
+    @_singleton_method
+    async def set_agent_config(self, agent_id: Any, config: Any, tenant_id: str, ttl: int | None = None) -> bool:
+        return await self.set("agent_config", agent_id, config, tenant_id, ttl=ttl)  # type: ignore[no-any-return]
+
+    # -- counters (section 9.3) ------------------------------------------------------------------
+    def _counter_key(self, counter_type: str, resource_id: Any, tenant_id: str) -> str:
+        tenant = validate_tenant(tenant_id)
+        kind = validate_data_type(counter_type)
+        res = "-" if resource_id is None else encode_id(resource_id)
+        return f"{tenant_tag(self.prefix, tenant)}:#counter:{kind}:{res}"
+
+    @_singleton_method
+    async def increment_counter(
+        self,
+        counter_type: str,
+        amount: int | float = 1,
+        resource_id: Any = None,
+        tenant_id: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int | float:
+        """Add ``amount`` to a tenant's counter; ``metadata`` items are counted as sub-totals.
+        Returns the new total. Raises ``BackendUnavailable`` when Redis is down (counts are data)."""
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise ValueError(f"counter amount must be a number, got {amount!r}")
+        key = self._counter_key(counter_type, resource_id, tenant_id)
+        command = "HINCRBY" if isinstance(amount, int) else "HINCRBYFLOAT"
+        total = await self.redis.call(command, key, "total", amount)
+        for name, value in (metadata or {}).items():
+            await self.redis.call(command, key, f"{name}={value}", amount)
+        return _number(total)
+
+    @_singleton_method
+    async def get_counter(
+        self, scope: str, resource_id: Any = None, tenant_id: str = "", metadata: Mapping[str, Any] | None = None
+    ) -> int | float:
+        """A counter's total, or the sub-total of one ``metadata`` item; 0 if never incremented."""
+        key = self._counter_key(scope, resource_id, tenant_id)
+        field = "total"
+        if metadata:
+            ((name, value),) = metadata.items()
+            field = f"{name}={value}"
+        return _number(await self.redis.call("HGET", key, field))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the eviction subscriber on the running loop (called on first use if needed)."""
+        if self.memory is None or not self.settings.subscriber_enabled:
+            return
+        if self.subscriber is not None:
+            if self.subscriber.alive:
+                return
+            self.subscriber.stop_soon()
+        from ._subscriber import EvictionSubscriber
+
+        self.subscriber = EvictionSubscriber(self)
+        await self.subscriber.start()
+
+    @property
+    def listening(self) -> bool:
+        """True if no subscriber is needed or it runs on the current loop."""
+        if self.memory is None or not self.settings.subscriber_enabled:
+            return True
+        return self.subscriber is not None and bool(self.subscriber.alive)
+
+    async def close(self) -> None:
+        if self.subscriber is not None:
+            await self.subscriber.stop()
+            self.subscriber = None
+        await self.redis.close()
+
+    def __repr__(self) -> str:
+        return f"CacheManager(origin={self.origin!r}, memory={'on' if self.memory else 'off'})"
+
+
+def _number(raw: Any) -> int | float:
+    if raw is None:
+        return 0
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+

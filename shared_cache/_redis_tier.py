@@ -1,0 +1,123 @@
+"""The Redis tier: per-event-loop clients, the Lua scripts, the circuit breaker.
+
+Every call to Redis goes through :meth:`RedisTier.call`, the one seam where redis-py errors become
+:class:`BackendUnavailable` and where the breaker is consulted, so a dead Redis costs a caller at most
+``breaker_threshold`` timeouts and then nothing until the probe.
+
+Clients are kept per running event loop (ARCHITECTURE.md 3.7): a Celery task that calls
+``asyncio.run()`` per task and a service with one long loop both get a client bound to their loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import weakref
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from ._breaker import CircuitBreaker
+from ._settings import CacheSettings
+from .errors import BackendUnavailable, map_backend_errors
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """A script from ``shared_cache/lua``, called by SHA and loaded on first NOSCRIPT."""
+
+    name: str
+    source: bytes
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> LuaScript:
+        source = resources.files("shared_cache").joinpath("lua", f"{name}.lua").read_bytes()
+        return cls(name, source, hashlib.sha1(source).hexdigest())
+
+
+READ = LuaScript.load("read")
+WRITE = LuaScript.load("write")
+READ_BATCH = LuaScript.load("read_batch")
+WRITE_BATCH = LuaScript.load("write_batch")
+INVALIDATE = LuaScript.load("invalidate")
+
+
+@dataclass(slots=True)
+class LoopState:
+    """What belongs to one event loop: its Redis client and its in-flight misses."""
+
+    client: Redis
+    inflight: dict[Any, asyncio.Future[Any]] = field(default_factory=dict)
+
+
+class RedisTier:
+    def __init__(self, settings: CacheSettings) -> None:
+        self.settings = settings
+        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_reset_seconds)
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last_loop: asyncio.AbstractEventLoop | None = None
+        self._last_state: LoopState | None = None
+
+    def new_client(self) -> Redis:
+        from redis.asyncio import Redis
+
+        return Redis.from_url(  # type: ignore[no-any-return]
+            self.settings.redis_url.get_secret_value(),
+            socket_timeout=self.settings.socket_timeout_seconds,
+            socket_connect_timeout=self.settings.connect_timeout_seconds,
+            max_connections=self.settings.max_connections,
+            decode_responses=False,
+        )
+
+    def state(self) -> LoopState:
+        loop = asyncio.get_running_loop()
+        if loop is self._last_loop and self._last_state is not None:
+            return self._last_state
+        state = self._states.get(loop)
+        if state is None:
+            state = LoopState(self.new_client())
+            self._states[loop] = state
+        self._last_loop, self._last_state = loop, state
+        return state
+
+    def client(self) -> Redis:
+        return self.state().client
+
+    async def call(self, *args: Any) -> Any:
+        """Run one Redis command through the breaker and the error seam."""
+        if not self.breaker.allow():
+            raise BackendUnavailable("circuit breaker open: Redis skipped")
+        client = self.state().client
+        try:
+            with map_backend_errors():
+                result = await client.execute_command(*args)
+        except BackendUnavailable:
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return result
+
+    async def script(self, script: LuaScript, keys: list[str] | tuple[str, ...], args: list[Any]) -> Any:
+        """EVALSHA, loading the script once if the server does not know it yet."""
+        from redis.exceptions import NoScriptError
+
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.call("SCRIPT", "LOAD", script.source)
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        """Close the current loop's client (others close with their loops)."""
+        loop = asyncio.get_running_loop()
+        state = self._states.pop(loop, None)
+        if state is not None:
+            await state.client.aclose()
+        if self._last_loop is loop:
+            self._last_loop = self._last_state = None

@@ -1,0 +1,121 @@
+"""The eviction subscriber: every process with a memory tier hears every invalidation.
+
+It runs as a task on the event loop that started it, on a connection of its own. Pub/sub delivers
+at most once, and nothing published while a connection is down is replayed, so the memory tier is
+flushed whenever the subscription is (re)established and whenever it is lost (ARCHITECTURE.md 3.3).
+Malformed events are counted and skipped; the subscriber keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ._events import EvictionEvent
+
+if TYPE_CHECKING:
+    from ._manager import CacheManager
+
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 2.0
+
+
+class EvictionSubscriber:
+    def __init__(self, manager: CacheManager) -> None:
+        self.manager = manager
+        self.channel = manager.settings.eviction_channel
+        self.task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.subscribed = asyncio.Event()
+        self.connects = 0
+        self.events = 0
+        self.evicted = 0
+        self.malformed = 0
+        self.errors = 0
+        self.propagation_ms: deque[float] = deque(maxlen=4096)
+
+    @property
+    def alive(self) -> bool:
+        return self.task is not None and not self.task.done() and self.loop is asyncio.get_running_loop()
+
+    async def start(self, wait: float = 1.0) -> None:
+        """Start on the running loop and wait (up to ``wait`` s) for the first subscription."""
+        self.loop = asyncio.get_running_loop()
+        self.subscribed = asyncio.Event()
+        self.task = self.loop.create_task(self._run(), name="shared_cache-eviction-subscriber")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.subscribed.wait(), wait)
+
+    async def stop(self) -> None:
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def stop_soon(self) -> None:
+        """Cancel without waiting (from synchronous code, e.g. when the singleton is replaced)."""
+        task, self.task = self.task, None
+        if task is not None and not task.done() and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(task.cancel)
+
+    def _flush(self) -> None:
+        if self.manager.memory is not None:
+            self.manager.memory.clear()
+
+    async def _run(self) -> None:
+        backoff = _BACKOFF_FIRST
+        try:
+            while True:
+                try:
+                    await self._listen()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.errors += 1
+                    self.manager.stats.error("subscriber")
+                if self.subscribed.is_set():  # it had worked: retry quickly
+                    backoff = _BACKOFF_FIRST
+                self.subscribed.clear()
+                self._flush()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+        finally:
+            self.subscribed.clear()
+            self._flush()  # no one listens any more: nothing local may outlive this
+
+    async def _listen(self) -> None:
+        client = self.manager.redis.new_client()
+        pubsub = client.pubsub(ignore_subscribe_messages=False)
+        try:
+            await pubsub.subscribe(self.channel)
+            async for message in pubsub.listen():
+                kind = message.get("type")
+                if kind == "subscribe":
+                    self._flush()  # whatever was published while we were away is lost
+                    self.connects += 1
+                    self.subscribed.set()
+                elif kind == "message":
+                    self.handle(message.get("data"))
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    def handle(self, raw: Any) -> None:
+        try:
+            event = EvictionEvent.from_json(raw)
+        except (ValueError, TypeError):
+            self.malformed += 1
+            self.manager.stats.error("malformed_eviction")
+            return
+        self.events += 1
+        self.propagation_ms.append(max(0.0, (time.time() - event.sent_at) * 1000.0))
+        if event.origin == self.manager.origin:
+            return  # evicted locally when it was published
+        if self.manager.memory is not None:
+            self.evicted += self.manager.memory.evict_scopes(event.scopes)

@@ -1,0 +1,31 @@
+-- write.lua: store an entry only if its generations are still current; release the lease.
+--
+-- KEYS[1]           entry key (the most specific level)
+-- KEYS[2..m+1]      generation counters of the entry's scopes, in tag order
+-- KEYS[m+2]         lease key
+-- ARGV[1]           expected tag (from read.lua), or '' to tag with the current generations
+-- ARGV[2]           payload, or '' to store nothing and only release the lease
+-- ARGV[3]           time to live in milliseconds, 0 for no expiry
+-- ARGV[4]           lease token to release, or ''
+--
+-- Returns 1 if stored, 0 if not (an invalidation bumped a generation since the read: the value
+-- may predate it, so it must not be stored as fresh).
+local m = #KEYS - 2
+local gens = redis.call('MGET', unpack(KEYS, 2, m + 1))
+for i = 1, m do
+  if not gens[i] then gens[i] = '0' end
+end
+local tag = table.concat(gens, ',')
+local stored = 0
+if ARGV[2] ~= '' and (ARGV[1] == '' or ARGV[1] == tag) then
+  if tonumber(ARGV[3]) > 0 then
+    redis.call('SET', KEYS[1], tag .. '|' .. ARGV[2], 'PX', ARGV[3])
+  else
+    redis.call('SET', KEYS[1], tag .. '|' .. ARGV[2])
+  end
+  stored = 1
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[m + 2]) == ARGV[4] then
+  redis.call('DEL', KEYS[m + 2])
+end
+return stored
