@@ -61,8 +61,8 @@ def encode_id(value: object, what: str = "resource_id") -> str:
     """Encode one id (resource, agent, conversation, collection) as a key component.
 
     Safe ids (``[A-Za-z0-9_.@-]``, up to 100 characters) stay as they are. Others become ``=`` plus
-    unpadded base64url of their UTF-8 bytes, or ``#`` plus a 128-bit BLAKE2b digest when long. ``=``
-    and ``#`` never occur in a safe id, so the mapping is injective (up to hash collisions).
+    unpadded base64url of their UTF-8 bytes, or ``~`` plus a 128-bit BLAKE2b digest when long. ``=``
+    and ``~`` never occur in a safe id, so the mapping is injective (up to hash collisions).
     """
     if isinstance(value, bool) or not isinstance(value, (str, int, uuid.UUID)):
         raise InvalidKeyError(f"invalid {what} {value!r}: expected a non-empty str, int or UUID")
@@ -74,7 +74,7 @@ def encode_id(value: object, what: str = "resource_id") -> str:
     raw = text.encode("utf-8", "surrogatepass")
     if len(raw) <= _MAX_ENCODED_ID_BYTES:
         return "=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-    return "#" + hashlib.blake2b(raw, digest_size=16).hexdigest()
+    return "~" + hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def text_digest(text: str) -> str:

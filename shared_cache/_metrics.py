@@ -36,6 +36,7 @@ class CacheStats:
 
     def __init__(self) -> None:
         self.hits: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.memory_hits: dict[str, int] = {}  # kept apart: the memory hit path updates it inline
         self.misses: defaultdict[str, int] = defaultdict(int)
         self.errors: defaultdict[str, int] = defaultdict(int)
         self.latency: dict[tuple[str, str], deque[float]] = {}
@@ -43,19 +44,19 @@ class CacheStats:
         self.custom: dict[tuple[str, str, str], list[float]] = {}
         self.hooks: list[MetricHook] = []
 
-    def hit(self, data_type: str, tier: str, latency_ms: float) -> None:
-        self.hits[data_type, tier] += 1
+    def sample(self, data_type: str, tier: str, latency_ms: float) -> None:
         ring = self.latency.get((data_type, tier))
         if ring is None:
             ring = self.latency[data_type, tier] = deque(maxlen=_SAMPLES)
         ring.append(latency_ms)
 
+    def hit(self, data_type: str, tier: str, latency_ms: float) -> None:
+        self.hits[data_type, tier] += 1
+        self.sample(data_type, tier, latency_ms)
+
     def miss(self, data_type: str, source: str, latency_ms: float) -> None:
         self.misses[data_type] += 1
-        ring = self.latency.get((data_type, source))
-        if ring is None:
-            ring = self.latency[data_type, source] = deque(maxlen=_SAMPLES)
-        ring.append(latency_ms)
+        self.sample(data_type, source, latency_ms)
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
@@ -68,12 +69,19 @@ class CacheStats:
         self.__init__()  # type: ignore[misc]
         self.hooks = hooks
 
+    def all_hits(self) -> dict[tuple[str, str], int]:
+        merged = dict(self.hits)
+        for data_type, count in self.memory_hits.items():
+            merged[data_type, "memory"] = merged.get((data_type, "memory"), 0) + count
+        return merged
+
     def snapshot(self) -> dict[str, Any]:
         """Plain-dict view: totals, hit ratio, per type and tier counts and p50/p99 latency (ms)."""
-        hits = sum(self.hits.values())
+        all_hits = self.all_hits()
+        hits = sum(all_hits.values())
         misses = sum(self.misses.values())
         per_type: dict[str, dict[str, Any]] = {}
-        for (data_type, tier), count in self.hits.items():
+        for (data_type, tier), count in all_hits.items():
             per_type.setdefault(data_type, {"hits": {}, "misses": 0})["hits"][tier] = count
         for data_type, count in self.misses.items():
             per_type.setdefault(data_type, {"hits": {}, "misses": 0})["misses"] = count

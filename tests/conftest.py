@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+
+from shared_cache import CacheManager
+from tests.redis_server import RedisServer
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def manager(redis_url: str) -> AsyncIterator[CacheManager]:
+    """A fresh singleton on the real server, with a key prefix of its own and its own channel."""
+    n = next(_prefixes)
+    mgr = CacheManager.configure(
+        redis_url=redis_url,
+        key_prefix=f"test{n}:",
+        eviction_channel=f"test{n}:evictions",
+        ttl_jitter=0.0,
+    )
+    yield mgr
+    await mgr.close()
+    CacheManager._instance = None
+
+
+class Monitor:
+    """Record the commands clients send (MONITOR), leaving out what scripts run inside.
+
+    ``with Monitor(url) as seen: ...`` then ``seen.commands`` lists them, e.g. ``["EVALSHA"]``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.commands: list[str] = []
+        self._stop = threading.Event()
+
+    def __enter__(self) -> Monitor:
+        self._marker_client = redis.Redis.from_url(self.url)
+        self._marker_client.ping()  # its connection handshake happens before recording starts
+        self._client = redis.Redis.from_url(self.url)
+        self._monitor = self._client.monitor()
+        self._conn = self._monitor.__enter__()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+        self._marker("start")
+        return self
+
+    def _marker(self, name: str) -> None:
+        self._marker_client.echo(f"monitor-{name}-{id(self)}")
+        deadline = time.monotonic() + 5
+        while not any(f"monitor-{name}-{id(self)}" in c for c in self._raw) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    _raw: list[str] = []
+
+    def _collect(self) -> None:
+        self._raw = []
+        for line in self._conn.listen():
+            self._raw.append(f"{line['command']} <{line.get('client_type')}>")
+            if self._stop.is_set() and "monitor-stop" in line["command"]:
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._marker("stop")
+        self._thread.join(5)
+        self._monitor.__exit__(None, None, None)
+        self._client.close()
+        self._marker_client.close()
+        start = next(i for i, c in enumerate(self._raw) if f"monitor-start-{id(self)}" in c)
+        stop = next(i for i, c in enumerate(self._raw) if f"monitor-stop-{id(self)}" in c)
+        self.commands = [
+            c.split(" ", 1)[0].upper() for c in self._raw[start + 1 : stop] if "<lua>" not in c
+        ]
+
+
+def command_counts(client: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
