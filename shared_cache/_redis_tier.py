@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import NoScriptError
+
 from ._breaker import CircuitBreaker
 from ._settings import CacheSettings
 from .errors import BackendUnavailable, map_backend_errors
@@ -100,13 +102,14 @@ class RedisTier:
         except BackendUnavailable:
             self.breaker.failure()
             raise
+        except NoScriptError:
+            self.breaker.success()  # the server answered: it is up
+            raise
         self.breaker.success()
         return result
 
     async def script(self, script: LuaScript, keys: list[str] | tuple[str, ...], args: list[Any]) -> Any:
         """EVALSHA, loading the script once if the server does not know it yet."""
-        from redis.exceptions import NoScriptError
-
         try:
             return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:

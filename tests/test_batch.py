@@ -1,0 +1,95 @@
+"""get_embeddings_batch_with_cache: duplicates, order, round trips, provider calls."""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shared_cache import CacheManager, get_embeddings_batch_with_cache
+from tests.conftest import Monitor
+
+
+class Provider:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: list[str]) -> list[list[float]]:
+        self.calls.append(list(texts))
+        return [[float(len(t)), float(sum(map(ord, t)) % 97), 0.25] for t in texts]
+
+
+def f32(values: list[float]) -> list[float]:
+    return array("f", values).tolist()
+
+
+async def test_duplicates_order_and_single_provider_call(manager: CacheManager) -> None:
+    provider = Provider()
+    texts = ["alpha", "beta", "alpha", "gamma", "beta"]
+    out, metrics = await get_embeddings_batch_with_cache(texts, "t", "model-x", provider)
+    assert provider.calls == [["alpha", "beta", "gamma"]]
+    assert out == [f32(provider([t])[0]) for t in texts]
+    assert metrics["cache_hits"] == 0 and metrics["cache_misses"] == 3 and metrics["duplicates"] == 2
+    out[0].append(1.0)
+    assert out[2] == f32(provider(["alpha"])[0])  # repeated texts do not share one list
+
+
+async def test_second_batch_only_generates_misses(manager: CacheManager) -> None:
+    provider = Provider()
+    await get_embeddings_batch_with_cache(["a", "b"], "t", "m", provider)
+    manager.memory.clear()  # type: ignore[union-attr]
+    out, metrics = await get_embeddings_batch_with_cache(["a", "c", "b"], "t", "m", provider)
+    assert provider.calls[-1] == ["c"]
+    assert metrics["cache_hits"] == 2 and metrics["redis_hits"] == 2 and metrics["cache_misses"] == 1
+    # the single-text API sees the same entries
+    assert await manager.get_embedding("c", "m", "t") == out[1]
+    # another model or tenant does not
+    assert await manager.get_embedding("c", "other-model", "t") is None
+    assert await manager.get_embedding("c", "m", "t2") is None
+
+
+async def test_thousand_texts_at_ninety_percent_hits_cost_at_most_three_round_trips(
+    manager: CacheManager, redis_url: str
+) -> None:
+    texts = [f"text {i}" for i in range(1000)]
+    provider = Provider()
+    await get_embeddings_batch_with_cache(texts[:900], "t", "m", provider)
+    manager.memory.clear()  # type: ignore[union-attr]
+    with Monitor(redis_url) as seen:
+        out, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider)
+    assert len(seen.commands) <= 3, seen.commands
+    assert seen.commands == ["EVALSHA", "EVALSHA"]  # one lookup, one write
+    assert metrics["cache_hits"] == 900 and metrics["cache_misses"] == 100
+    assert provider.calls[-1] == texts[900:]
+    assert len(out) == 1000
+
+
+async def test_numpy_provider_and_async_provider(manager: CacheManager) -> None:
+    async def provider(texts: list[str]) -> Any:
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    out, _ = await get_embeddings_batch_with_cache(["x", "y"], "t", "m", provider)
+    assert out == [[1.0] * 4, [1.0] * 4] and isinstance(out[0], list)
+
+
+async def test_provider_errors_and_bad_answers(manager: CacheManager) -> None:
+    with pytest.raises(ValueError, match="returned 1 embeddings for 2 texts"):
+        await get_embeddings_batch_with_cache(["x", "y"], "t", "m", lambda ts: [[1.0]])
+    with pytest.raises(ValueError, match="texts must be a sequence of str"):
+        await get_embeddings_batch_with_cache("not a list", "t", "m", Provider())  # type: ignore[arg-type]
+
+    def boom(texts: list[str]) -> Any:
+        raise RuntimeError("provider down")
+
+    with pytest.raises(RuntimeError, match="provider down"):
+        await get_embeddings_batch_with_cache(["x"], "t", "m", boom)
+
+
+async def test_invalidation_of_the_type_drops_batch_entries(manager: CacheManager) -> None:
+    provider = Provider()
+    await get_embeddings_batch_with_cache(["a"], "t", "m", provider)
+    await manager.invalidate("t", "embedding", "*")
+    _, metrics = await get_embeddings_batch_with_cache(["a"], "t", "m", provider)
+    assert metrics["cache_misses"] == 1 and len(provider.calls) == 2
