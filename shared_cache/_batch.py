@@ -46,7 +46,12 @@ async def get_embeddings_batch_with_cache(
     unique = list(dict.fromkeys(texts))
     rids = [manager.embedding_resource_id(text, model_name) for text in unique]
     found: dict[str, bytes] = {}
-    metrics: dict[str, Any] = {"memory_hits": 0, "redis_hits": 0, "round_trips": 0, "duplicates": len(texts) - len(unique)}
+    metrics: dict[str, Any] = {
+        "memory_hits": 0,
+        "redis_hits": 0,
+        "round_trips": 0,
+        "duplicates": len(texts) - len(unique),
+    }
 
     pending: list[int] = []
     for i, rid in enumerate(rids):
@@ -82,7 +87,14 @@ async def get_embeddings_batch_with_cache(
                     found[unique[i]] = item
                     metrics["redis_hits"] += 1
                     if memory is not None and memory.eviction_seq == seq:
-                        memory.set((_TYPE, tenant, rids[i], None, None, None), item, 0, f"{tag}:{_TYPE}:{rids[i]}", "tenant", _scopes(tenant, rids[i]))
+                        memory.set(
+                            (_TYPE, tenant, rids[i], None, None, None),
+                            item,
+                            0,
+                            f"{tag}:{_TYPE}:{rids[i]}",
+                            "tenant",
+                            _scopes(tenant, rids[i]),
+                        )
                 else:
                     tags[i] = f"{g1},{g2},{item}"
 
@@ -95,7 +107,14 @@ async def get_embeddings_batch_with_cache(
         if memory is not None and memory.eviction_seq == seq:
             for i, payload in zip(missing, payloads, strict=True):
                 if i in tags:
-                    memory.set((_TYPE, tenant, rids[i], None, None, None), payload, 0, f"{tag}:{_TYPE}:{rids[i]}", "tenant", _scopes(tenant, rids[i]))
+                    memory.set(
+                        (_TYPE, tenant, rids[i], None, None, None),
+                        payload,
+                        0,
+                        f"{tag}:{_TYPE}:{rids[i]}",
+                        "tenant",
+                        _scopes(tenant, rids[i]),
+                    )
 
     decoded = {text: decode_embedding(payload) for text, payload in found.items()}
     seen: set[str] = set()

@@ -15,9 +15,7 @@ class CircuitBreaker:
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         if threshold < 1 or reset_after <= 0:
-            raise ValueError(
-                f"breaker needs threshold >= 1 and reset_after > 0, got {threshold!r}, {reset_after!r}"
-            )
+            raise ValueError(f"breaker needs threshold >= 1 and reset_after > 0, got {threshold!r}, {reset_after!r}")
         self.threshold = threshold
         self.reset_after = reset_after
         self.timer = timer

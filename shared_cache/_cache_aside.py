@@ -122,7 +122,7 @@ async def _call(func: Loader, *args: Any) -> Any:
 class _Read:
     """One miss of one identity: the leader's work, shared with in-process followers."""
 
-    __slots__ = ("manager", "plan", "ident", "ctx", "ttl", "serializer", "deserializer")
+    __slots__ = ("ctx", "deserializer", "ident", "manager", "plan", "serializer", "ttl")
 
     def __init__(
         self,
@@ -184,7 +184,13 @@ class _Read:
                     memory.set(self.ident, payload, ttl, plan.entry_keys[0], plan.level_names[0], plan.scopes)
             elif payload is not None:
                 manager.stats.error("stale_write_refused")
-        metrics = {"source": source, "tier": None, "key": plan.entry_keys[0], "level": plan.level_names[0], "stored": stored}
+        metrics = {
+            "source": source,
+            "tier": None,
+            "key": plan.entry_keys[0],
+            "level": plan.level_names[0],
+            "stored": stored,
+        }
         return value, metrics, payload if payload and value is not None else None
 
     async def lookup(self, token: str) -> tuple[int, Any, Any] | None:
@@ -200,7 +206,7 @@ class _Read:
                 return None
             if found[0] > 0:
                 try:
-                    deserialize_from_cache(found[1], self.plan.data_type, self.deserializer)  # type: ignore[arg-type]
+                    deserialize_from_cache(found[1], self.plan.data_type, self.deserializer)
                 except Exception:
                     await manager._drop_corrupt(self.plan.entry_keys[found[0] - 1])
                     continue
@@ -218,8 +224,15 @@ class _Read:
         plan, memory = self.plan, self.manager.memory
         value = deserialize_from_cache(payload, plan.data_type, self.deserializer)
         if memory is not None and memory.eviction_seq == seq:
-            memory.set(self.ident, payload, pttl / 1000, plan.entry_keys[level - 1], plan.level_names[level - 1], plan.scopes)
-        metrics = {"source": "cache", "tier": "redis", "key": plan.entry_keys[level - 1], "level": plan.level_names[level - 1]}
+            memory.set(
+                self.ident, payload, pttl / 1000, plan.entry_keys[level - 1], plan.level_names[level - 1], plan.scopes
+            )
+        metrics = {
+            "source": "cache",
+            "tier": "redis",
+            "key": plan.entry_keys[level - 1],
+            "level": plan.level_names[level - 1],
+        }
         return value, metrics, payload if value is not None else None
 
     async def fetch(self, fetch: Loader, generate: Loader | None, token: str, tag: Any) -> tuple[Any, str]:

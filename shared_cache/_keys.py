@@ -43,17 +43,13 @@ Scope = tuple[str, ...]
 
 def validate_tenant(tenant_id: object) -> str:
     if not isinstance(tenant_id, str) or not _TENANT_RE.fullmatch(tenant_id):
-        raise InvalidKeyError(
-            f"invalid tenant_id {tenant_id!r}: expected a string matching {TENANT_PATTERN}"
-        )
+        raise InvalidKeyError(f"invalid tenant_id {tenant_id!r}: expected a string matching {TENANT_PATTERN}")
     return tenant_id
 
 
 def validate_data_type(data_type: object) -> str:
     if not isinstance(data_type, str) or not _DATA_TYPE_RE.fullmatch(data_type):
-        raise InvalidKeyError(
-            f"invalid data_type {data_type!r}: expected a string matching {DATA_TYPE_PATTERN}"
-        )
+        raise InvalidKeyError(f"invalid data_type {data_type!r}: expected a string matching {DATA_TYPE_PATTERN}")
     return data_type
 
 
@@ -152,9 +148,7 @@ def build_plan(
     tag = tenant_tag(prefix, tenant)
     scopes: list[Scope] = [(tenant,), (tenant, SCOPE_TYPE, dtype), (tenant, SCOPE_RESOURCE, dtype, res)]
     part_gen: dict[int, str] = {}
-    for index, (kind, value) in enumerate(
-        ((SCOPE_AGENT, agent), (SCOPE_CONVERSATION, conv), (SCOPE_COLLECTION, coll))
-    ):
+    for index, (kind, value) in enumerate(((SCOPE_AGENT, agent), (SCOPE_CONVERSATION, conv), (SCOPE_COLLECTION, coll))):
         if value is not None:
             scopes.append((tenant, kind, value))
             part_gen[index] = str(len(scopes))
@@ -174,7 +168,7 @@ def build_plan(
                 name_parts.append(kind)
                 gens += part_gen[index]
         parts.append(res)
-        entry_keys.append(":".join(parts))  # type: ignore[arg-type]
+        entry_keys.append(":".join(parts))
         names.append("+".join(name_parts) or "tenant")
         level_gens.append(gens)
 

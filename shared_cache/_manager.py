@@ -54,7 +54,7 @@ class _singleton_method(Generic[T]):
         return self.func.__get__(cls.get_instance() if obj is None else obj, cls)  # type: ignore[no-any-return]
 
 
-Lookup = tuple[int, bytes | str, int]
+Lookup = tuple[int, Any, Any]
 """Result of read.lua: (level, payload, pttl) on a hit; (0, tag, lease_taken) on a miss."""
 
 
@@ -68,9 +68,7 @@ class CacheManager:
         s = self.settings
         self.prefix = s.key_prefix
         self.memory: MemoryTier | None = (
-            MemoryTier(s.memory_max_entries, s.memory_max_bytes, s.memory_ttl_cap_seconds)
-            if s.memory_enabled
-            else None
+            MemoryTier(s.memory_max_entries, s.memory_max_bytes, s.memory_ttl_cap_seconds) if s.memory_enabled else None
         )
         self.redis = RedisTier(s)
         self.stats = CacheStats()
@@ -104,8 +102,8 @@ class CacheManager:
     # -- plans -------------------------------------------------------------------------------
     def plan(
         self,
-        data_type: str,
-        tenant_id: str,
+        data_type: Any,
+        tenant_id: Any,
         resource_id: Any,
         agent_id: Any = None,
         conversation_id: Any = None,
@@ -191,12 +189,14 @@ class CacheManager:
         if level == 0:
             return None
         try:
-            value = deserialize_from_cache(payload, data_type, deserializer)  # type: ignore[arg-type]
+            value = deserialize_from_cache(payload, data_type, deserializer)
         except Exception:
             await self._drop_corrupt(plan.entry_keys[level - 1])
             return None
         if memory is not None and memory.eviction_seq == seq:
-            memory.set(ident, payload, pttl / 1000, plan.entry_keys[level - 1], plan.level_names[level - 1], plan.scopes)  # type: ignore[arg-type]
+            memory.set(
+                ident, payload, pttl / 1000, plan.entry_keys[level - 1], plan.level_names[level - 1], plan.scopes
+            )
         return value
 
     @_singleton_method
@@ -369,7 +369,7 @@ class CacheManager:
     async def set_embedding(
         self, text: str, embedding: Any, model_name: str, tenant_id: str, ttl: int | None = None
     ) -> bool:
-        return await self.set("embedding", self.embedding_resource_id(text, model_name), embedding, tenant_id, ttl=ttl)  # type: ignore[no-any-return]
+        return await self.set("embedding", self.embedding_resource_id(text, model_name), embedding, tenant_id, ttl=ttl)
 
     @staticmethod
     def query_resource_id(query: str, params: Mapping[str, Any]) -> str:
@@ -399,7 +399,7 @@ class CacheManager:
     ) -> bool:
         params["similarity_top_k"] = similarity_top_k
         rid = self.query_resource_id(query, params)
-        return await self.set("query_result", rid, result, tenant_id, collection_id=collection_id, ttl=ttl)  # type: ignore[no-any-return]
+        return await self.set("query_result", rid, result, tenant_id, collection_id=collection_id, ttl=ttl)
 
     @_singleton_method
     async def get_agent_config(self, agent_id: Any, tenant_id: str) -> Any:
@@ -407,7 +407,7 @@ class CacheManager:
 
     @_singleton_method
     async def set_agent_config(self, agent_id: Any, config: Any, tenant_id: str, ttl: int | None = None) -> bool:
-        return await self.set("agent_config", agent_id, config, tenant_id, ttl=ttl)  # type: ignore[no-any-return]
+        return await self.set("agent_config", agent_id, config, tenant_id, ttl=ttl)
 
     # -- counters (section 9.3) ------------------------------------------------------------------
     def _counter_key(self, counter_type: str, resource_id: Any, tenant_id: str) -> str:
@@ -487,4 +487,3 @@ def _number(raw: Any) -> int | float:
         return int(text)
     except ValueError:
         return float(text)
-

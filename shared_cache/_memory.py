@@ -15,10 +15,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, NamedTuple
 
+import orjson
+
 from ._keys import Scope
 from ._serialization import KIND_CUSTOM, KIND_EMBEDDING, KIND_JSON, KIND_NONE, decode_embedding
-
-import orjson
 
 # How an entry holds its value (see MemoryEntry.kind).
 HOLD_VALUE = 0  # immutable scalar, returned as is

@@ -60,16 +60,14 @@ class RedisTier:
     def __init__(self, settings: CacheSettings) -> None:
         self.settings = settings
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_reset_seconds)
-        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = weakref.WeakKeyDictionary()
         self._last_loop: asyncio.AbstractEventLoop | None = None
         self._last_state: LoopState | None = None
 
     def new_client(self) -> Redis:
         from redis.asyncio import Redis
 
-        return Redis.from_url(  # type: ignore[no-any-return]
+        return Redis.from_url(
             self.settings.redis_url.get_secret_value(),
             socket_timeout=self.settings.socket_timeout_seconds,
             socket_connect_timeout=self.settings.connect_timeout_seconds,
@@ -98,7 +96,7 @@ class RedisTier:
         client = self.state().client
         try:
             with map_backend_errors():
-                result = await client.execute_command(*args)
+                result = await client.execute_command(*args)  # type: ignore[no-untyped-call]
         except BackendUnavailable:
             self.breaker.failure()
             raise

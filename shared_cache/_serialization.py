@@ -59,13 +59,11 @@ def encode_embedding(vector: Any) -> bytes:
     """Encode one embedding (list of numbers, 1-D array or tensor) as ``e`` + dim + float32s."""
     module = type(vector).__module__
     if module.startswith("numpy") and getattr(vector, "ndim", None) == 1:
-        body = vector.astype("<f4", copy=False).tobytes()
+        body: bytes = vector.astype("<f4", copy=False).tobytes()
         return b"e" + _DIM.pack(len(vector)) + body
     plain = to_plain(vector)
     if not _is_vector(plain):
-        raise SerializationError(
-            f"embedding must be a flat sequence of numbers, got {type(vector).__name__}"
-        )
+        raise SerializationError(f"embedding must be a flat sequence of numbers, got {type(vector).__name__}")
     floats = array("f", plain)
     if not _LITTLE:  # pragma: no cover - big-endian hosts
         floats.byteswap()
@@ -95,9 +93,7 @@ def _dumps(value: Any) -> bytes:
         ) from exc
 
 
-def serialize_for_cache(
-    value: Any, data_type: str = "", serializer: Serializer | None = None
-) -> bytes:
+def serialize_for_cache(value: Any, data_type: str = "", serializer: Serializer | None = None) -> bytes:
     """Encode ``value`` for the cache. ``None`` encodes as a cached "not found"."""
     if serializer is not None:
         try:
@@ -115,9 +111,7 @@ def serialize_for_cache(
     return b"j" + _dumps(to_plain(value))
 
 
-def deserialize_from_cache(
-    payload: bytes, data_type: str = "", deserializer: Deserializer | None = None
-) -> Any:
+def deserialize_from_cache(payload: bytes, data_type: str = "", deserializer: Deserializer | None = None) -> Any:
     """Decode bytes written by :func:`serialize_for_cache`; a fresh object on every call."""
     if not payload:
         raise CorruptEntryError("empty cache payload")

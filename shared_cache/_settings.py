@@ -27,12 +27,8 @@ class CacheSettings(BaseSettings):
     max_connections: int = Field(64, ge=1, description="Connections per event loop.")
     breaker_threshold: int = Field(3, ge=1, description="Consecutive Redis failures that open the breaker.")
     breaker_reset_seconds: float = Field(2.0, gt=0, description="How long the open breaker skips Redis.")
-    lease_ms: int = Field(
-        3000, ge=10, description="How long one process holds the right to fetch a missing key."
-    )
-    lease_wait_ms: int = Field(
-        3000, ge=0, description="How long other processes wait for the lease holder's value."
-    )
+    lease_ms: int = Field(3000, ge=10, description="How long one process holds the right to fetch a missing key.")
+    lease_wait_ms: int = Field(3000, ge=0, description="How long other processes wait for the lease holder's value.")
     negative_ttl_seconds: int = Field(
         0, ge=0, description="Cache a 'not found' this long (0 disables negative caching)."
     )

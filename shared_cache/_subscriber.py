@@ -102,7 +102,7 @@ class EvictionSubscriber:
                     self.handle(message.get("data"))
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
             with contextlib.suppress(Exception):
                 await client.aclose()
 

@@ -58,6 +58,7 @@ class Monitor:
         self.url = url
         self.commands: list[str] = []
         self._stop = threading.Event()
+        self._raw: list[str] = []
 
     def __enter__(self) -> Monitor:
         self._marker_client = redis.Redis.from_url(self.url)
@@ -76,8 +77,6 @@ class Monitor:
         while not any(f"monitor-{name}-{id(self)}" in c for c in self._raw) and time.monotonic() < deadline:
             time.sleep(0.005)
 
-    _raw: list[str] = []
-
     def _collect(self) -> None:
         self._raw = []
         for line in self._conn.listen():
@@ -94,9 +93,7 @@ class Monitor:
         self._marker_client.close()
         start = next(i for i, c in enumerate(self._raw) if f"monitor-start-{id(self)}" in c)
         stop = next(i for i, c in enumerate(self._raw) if f"monitor-stop-{id(self)}" in c)
-        self.commands = [
-            c.split(" ", 1)[0].upper() for c in self._raw[start + 1 : stop] if "<lua>" not in c
-        ]
+        self.commands = [c.split(" ", 1)[0].upper() for c in self._raw[start + 1 : stop] if "<lua>" not in c]
 
 
 def command_counts(client: redis.Redis) -> dict[str, int]:

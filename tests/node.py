@@ -44,7 +44,9 @@ async def _serve(conn: Connection, redis_url: str, prefix: str, channel: str, fe
             conn.send((value, metrics))
         elif command[0] == "stats":
             sub = mgr.subscriber
-            conn.send({"connects": sub.connects, "events": sub.events, "evicted": sub.evicted, "memory": len(mgr.memory)})
+            conn.send(
+                {"connects": sub.connects, "events": sub.events, "evicted": sub.evicted, "memory": len(mgr.memory)}
+            )
     await mgr.close()
     await table.aclose()
     conn.send("stopped")

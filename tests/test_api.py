@@ -18,19 +18,36 @@ def test_all_is_exactly_the_public_names() -> None:
 
 def test_seed_names_are_exported() -> None:
     for name in (
-        "CacheManager", "get_with_cache_aside", "serialize_for_cache", "deserialize_from_cache", "TTL_STANDARD",
-        "TTL_SHORT", "TTL_EXTENDED", "TTL_PERMANENT", "invalidate_document_update",
-        "get_embeddings_batch_with_cache", "METRIC_CACHE_HIT", "METRIC_CACHE_MISS", "METRIC_LATENCY",
-        "METRIC_CACHE_SIZE", "track_cache_metrics", "Context", "with_context",
+        "CacheManager",
+        "get_with_cache_aside",
+        "serialize_for_cache",
+        "deserialize_from_cache",
+        "TTL_STANDARD",
+        "TTL_SHORT",
+        "TTL_EXTENDED",
+        "TTL_PERMANENT",
+        "invalidate_document_update",
+        "get_embeddings_batch_with_cache",
+        "METRIC_CACHE_HIT",
+        "METRIC_CACHE_MISS",
+        "METRIC_LATENCY",
+        "METRIC_CACHE_SIZE",
+        "track_cache_metrics",
+        "Context",
+        "with_context",
     ):
         assert name in shared_cache.__all__, name
-    assert (shared_cache.TTL_SHORT, shared_cache.TTL_STANDARD, shared_cache.TTL_EXTENDED, shared_cache.TTL_PERMANENT) == (
-        300, 3600, 86400, 0
-    )
+    assert (
+        shared_cache.TTL_SHORT,
+        shared_cache.TTL_STANDARD,
+        shared_cache.TTL_EXTENDED,
+        shared_cache.TTL_PERMANENT,
+    ) == (300, 3600, 86400, 0)
 
 
 def test_import_does_not_pull_heavy_dependencies() -> None:
-    code = "import sys, shared_cache; print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy','torch','celery','supabase','realtime','tensorflow'}))"
+    heavy = "{'numpy', 'torch', 'celery', 'supabase', 'realtime', 'tensorflow'}"
+    code = f"import sys, shared_cache; print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -53,10 +70,18 @@ async def test_typed_helpers(manager: CacheManager) -> None:
     await CacheManager.set_embedding("Texto a embeber", [0.5, 0.25], "text-embedding-ada-002", "tenant_abc")
     assert await CacheManager.get_embedding("Texto a embeber", "text-embedding-ada-002", "tenant_abc") == [0.5, 0.25]
 
-    await CacheManager.set_query_result("¿Cómo funciona X?", {"answer": 1}, "coll_123", "tenant_abc", similarity_top_k=4)
-    assert await CacheManager.get_query_result("¿Cómo funciona X?", "coll_123", "tenant_abc", similarity_top_k=4) == {"answer": 1}
-    assert await CacheManager.get_query_result("¿Cómo funciona X?", "coll_123", "tenant_abc", similarity_top_k=5) is None
-    assert await CacheManager.get_query_result("¿Cómo funciona X?", "coll_999", "tenant_abc", similarity_top_k=4) is None
+    await CacheManager.set_query_result(
+        "¿Cómo funciona X?", {"answer": 1}, "coll_123", "tenant_abc", similarity_top_k=4
+    )
+    assert await CacheManager.get_query_result("¿Cómo funciona X?", "coll_123", "tenant_abc", similarity_top_k=4) == {
+        "answer": 1
+    }
+    assert (
+        await CacheManager.get_query_result("¿Cómo funciona X?", "coll_123", "tenant_abc", similarity_top_k=5) is None
+    )
+    assert (
+        await CacheManager.get_query_result("¿Cómo funciona X?", "coll_999", "tenant_abc", similarity_top_k=4) is None
+    )
 
     await CacheManager.set_agent_config("agent_123", {"model": "x"}, "tenant_abc")
     assert await CacheManager.get_agent_config("agent_123", "tenant_abc") == {"model": "x"}
@@ -67,7 +92,11 @@ async def test_typed_helpers(manager: CacheManager) -> None:
 async def test_counters(manager: CacheManager) -> None:
     for status in ("success", "success", "error"):
         await CacheManager.increment_counter(
-            counter_type="api_calls", amount=1, resource_id="my_endpoint", tenant_id="tenant_abc", metadata={"status": status}
+            counter_type="api_calls",
+            amount=1,
+            resource_id="my_endpoint",
+            tenant_id="tenant_abc",
+            metadata={"status": status},
         )
     assert await CacheManager.get_counter(scope="api_calls", resource_id="my_endpoint", tenant_id="tenant_abc") == 3
     assert await CacheManager.get_counter("api_calls", "my_endpoint", "tenant_abc", metadata={"status": "error"}) == 1

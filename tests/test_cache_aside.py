@@ -124,6 +124,7 @@ async def test_stale_value_is_never_stored_after_invalidation(manager: CacheMana
 
 async def test_invalidation_between_read_and_memory_store(manager: CacheManager) -> None:
     """An eviction that lands while a miss is in flight keeps the value out of the memory tier."""
+
     async def fetch(resource_id: str, tenant_id: str, ctx: Any) -> dict[str, int]:
         manager.memory.evict_scope(("t", "res", "document", "d"))  # type: ignore[union-attr]
         return {"v": 1}
@@ -134,12 +135,16 @@ async def test_invalidation_between_read_and_memory_store(manager: CacheManager)
 
 async def test_generate_and_none(manager: CacheManager) -> None:
     db = Db(None)
-    value, metrics = await get_with_cache_aside("document", "x", "t", db.fetch, generate_func=lambda r, t, c: {"gen": r})
+    value, metrics = await get_with_cache_aside(
+        "document", "x", "t", db.fetch, generate_func=lambda r, t, c: {"gen": r}
+    )
     assert value == {"gen": "x"} and metrics["source"] == "generated"
     value, metrics = await get_with_cache_aside("document", "x", "t", db.fetch)
     assert metrics["source"] == "cache"
 
-    value, metrics = await get_with_cache_aside("document", "missing", "t", db.fetch, generate_func=lambda r, t, c: None)
+    value, metrics = await get_with_cache_aside(
+        "document", "missing", "t", db.fetch, generate_func=lambda r, t, c: None
+    )
     assert value is None and metrics["source"] == "none"
     await get_with_cache_aside("document", "missing", "t", db.fetch)
     assert db.calls == 3  # no negative caching by default: the database is asked again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -50,10 +51,10 @@ async def test_invalidation_evicts_other_processes_memory(
     try:
         sync_redis.hset(f"{PREFIX}table", "t/doc", "new")  # the "commit"
         await mgr.invalidate("t", "document", "doc")
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
         for node in nodes:
             assert node.stats()["evicted"] == 1
-            value, metrics = node.read("document", "doc", "t")
+            value, _metrics = node.read("document", "doc", "t")
             assert value == {"v": "new"}
     finally:
         await mgr.close()
@@ -79,8 +80,8 @@ async def test_node_whose_subscription_is_killed_serves_nothing_stale(
     finally:
         await mgr.close()
     deadline = time.monotonic() + 5
-    while node.stats()["connects"] == connects and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while node.stats()["connects"] == connects and time.monotonic() < deadline:  # noqa: ASYNC110 (another process)
+        await asyncio.sleep(0.02)
     assert node.stats()["connects"] == connects + 1  # it came back
     value, metrics = node.read("document", "doc", "t")
     assert value == {"v": "new"} and metrics["source"] == "db"

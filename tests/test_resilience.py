@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -47,7 +48,7 @@ async def test_breaker_recovers_when_redis_comes_back() -> None:
         value, metrics = await get_with_cache_aside("document", "d", "t", lambda r, t, c: {"v": 1})
         assert metrics["stored"] is False and mgr.redis.breaker.is_open
         server.start()
-        time.sleep(0.25)
+        await asyncio.sleep(0.25)
         value, metrics = await get_with_cache_aside("document", "d2", "t", lambda r, t, c: {"v": 2})
         assert metrics["stored"] is True and not mgr.redis.breaker.is_open
         mgr.memory.clear()  # type: ignore[union-attr]
@@ -68,7 +69,7 @@ async def test_redis_restart_under_a_running_manager(redis_url: str) -> None:
         value, metrics = await get_with_cache_aside("document", "d", "t", lambda r, t, c: {"v": 2})
         assert value == {"v": 2} and metrics["source"] == "db"
         server.start()
-        time.sleep(0.15)
+        await asyncio.sleep(0.15)
         value, metrics = await get_with_cache_aside("document", "d", "t", lambda r, t, c: {"v": 3})
         assert value == {"v": 3} and metrics["stored"] is True  # the restarted server was empty
     finally:
@@ -100,7 +101,7 @@ async def test_deserializer_error_falls_back_to_db(manager: CacheManager) -> Non
 
     await get_with_cache_aside("complex_data", "x", "t", lambda r, t, c: {"a": 1}, serializer=lambda v: v)
     manager.memory.clear()  # type: ignore[union-attr]
-    value, metrics = await get_with_cache_aside(
+    _value, metrics = await get_with_cache_aside(
         "complex_data", "x", "t", lambda r, t, c: {"a": 2}, serializer=lambda v: v, deserializer=bad_deserializer
     )
     assert metrics["source"] == "db" and manager.stats.errors["corrupt_entry"] >= 1

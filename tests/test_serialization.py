@@ -14,7 +14,11 @@ from hypothesis import strategies as st
 from shared_cache import CorruptEntryError, SerializationError, deserialize_from_cache, serialize_for_cache
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
     max_leaves=30,
 )
@@ -42,7 +46,9 @@ def test_embedding_is_compact_and_fast_to_decode() -> None:
 
 def test_numpy_and_scalars_become_plain_python() -> None:
     arr = np.arange(4, dtype=np.float64) / 3
-    assert deserialize_from_cache(serialize_for_cache(arr, "embedding"), "embedding") == pytest.approx(arr.tolist(), rel=1e-6)
+    assert deserialize_from_cache(serialize_for_cache(arr, "embedding"), "embedding") == pytest.approx(
+        arr.tolist(), rel=1e-6
+    )
     assert deserialize_from_cache(serialize_for_cache({"v": arr}, "document"), "document") == {"v": arr.tolist()}
     assert deserialize_from_cache(serialize_for_cache(np.float32(1.5), "x"), "x") == 1.5
     # a batch (2-D) under "embedding" stays JSON, as lists of lists
@@ -79,10 +85,9 @@ def test_corrupt_payloads_raise(bad: bytes) -> None:
 
 def test_no_pickle_anywhere() -> None:
     import pathlib
+    import re
 
     import shared_cache
-
-    import re
 
     for path in pathlib.Path(shared_cache.__file__).parent.rglob("*.py"):
         assert not re.search(r"import (c?pickle|marshal|shelve)|pickle\.", path.read_text()), path
