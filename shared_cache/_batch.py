@@ -8,6 +8,7 @@ missing texts, and one generation-checked write of all new embeddings (write_bat
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
@@ -160,7 +161,8 @@ async def _store(
     metrics: dict[str, Any],
 ) -> None:
     keys = list(head)
-    args: list[Any] = [ttl_for(_TYPE, ttl, manager.settings.ttl_jitter) * 1000]
+    seconds = ttl_for(_TYPE, ttl, manager.settings.ttl_jitter)
+    args: list[Any] = [seconds * 1000, int((time.time() + seconds) * 1000) if seconds else 0]
     for i, payload in zip(missing, payloads, strict=True):
         if i in tags:
             keys += [f"{tag}:{_TYPE}:{rids[i]}", f"{tag}:#gen:res:{_TYPE}:{rids[i]}"]

@@ -1,9 +1,9 @@
 """``get_with_cache_aside`` (section 3): memory tier, Redis hierarchy, database, generator.
 
 The memory-tier hit is the hot path and is kept to a dict lookup and a decode. A miss goes through
-single-flight (one fetch per identity per process), one read script that both looks up every level
-and, on a miss, returns the generations to tag the write with and tries a short lease (one fetch per
-identity across processes), then the caller's functions, then a generation-checked write.
+single-flight (one fetch per identity per process), one MGET that reads every level and every
+generation (a hit ends there: one round trip), then on a miss a short lease (one fetch per identity
+across processes), the caller's functions, and a generation-checked write.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from orjson import loads as _loads
 
 from ._context import Context
 from ._keys import KeyPlan
-from ._manager import CacheManager
+from ._manager import CacheManager, Lookup
 from ._memory import HOLD_FLAT, HOLD_JSON, HOLD_VALUE, entry_value
 from ._serialization import (
     NONE_PAYLOAD,
@@ -101,8 +101,25 @@ async def get_with_cache_aside(
         raise TypeError(f"fetch_from_db_func must be callable, got {fetch_from_db_func!r}")
     if memory is not None and not manager.listening:
         await manager.start()
+    seq = memory.eviction_seq if memory is not None else 0
+    # A Redis hit needs no single-flight: one MGET, decode, done.
+    first: Lookup | bool | None
+    try:
+        first = await manager.lookup(plan)
+    except BackendUnavailable:
+        manager.stats.error("redis")
+        first = False
+    if isinstance(first, Lookup) and first.level:
+        served = await _serve_hit(manager, plan, ident, first, deserializer, seq)
+        if served is not None:
+            value, metrics = served
+            latency = (perf_counter() - start) * 1000.0
+            metrics["latency_ms"] = latency
+            manager.stats.hit(data_type, "redis", latency)
+            return value, metrics
+        first = None  # the entry was corrupt and is gone: look again
     read = _Read(manager, plan, ident, ctx, ttl, serializer, deserializer)
-    value, metrics = await read.single_flight(fetch_from_db_func, generate_func)
+    value, metrics = await read.single_flight(fetch_from_db_func, generate_func, first)
     latency = (perf_counter() - start) * 1000.0
     metrics["latency_ms"] = latency
     if metrics["source"] == "cache":
@@ -110,6 +127,30 @@ async def get_with_cache_aside(
     else:
         manager.stats.miss(data_type, metrics["source"], latency)
     return value, metrics
+
+
+async def _serve_hit(
+    manager: CacheManager,
+    plan: KeyPlan,
+    ident: tuple[Any, ...],
+    found: Lookup,
+    deserializer: Deserializer | None,
+    seq: int,
+) -> tuple[Any, Metrics] | None:
+    """Decode a Redis hit and keep it in memory; None if the entry was corrupt (now deleted)."""
+    i = found.level - 1
+    try:
+        value = deserialize_from_cache(found.payload, plan.data_type, deserializer)
+    except Exception:
+        await manager._drop_corrupt(plan.entry_keys[i])
+        return None
+    if found.stale:  # a more specific level was invalidated: reclaim it
+        try:
+            await manager.reclaim_and_lease(plan, found.stale, "")
+        except BackendUnavailable:
+            manager.stats.error("redis")
+    manager.remember(ident, plan, found, seq)
+    return value, {"source": "cache", "tier": "redis", "key": plan.entry_keys[i], "level": plan.level_names[i]}
 
 
 async def _call(func: Loader, *args: Any) -> Any:
@@ -137,7 +178,9 @@ class _Read:
         self.manager, self.plan, self.ident, self.ctx = manager, plan, ident, ctx
         self.ttl, self.serializer, self.deserializer = ttl, serializer, deserializer
 
-    async def single_flight(self, fetch: Loader, generate: Loader | None) -> tuple[Any, Metrics]:
+    async def single_flight(
+        self, fetch: Loader, generate: Loader | None, first: Lookup | bool | None = None
+    ) -> tuple[Any, Metrics]:
         inflight = self.manager.redis.state().inflight
         leader = inflight.get(self.ident)
         if leader is not None:
@@ -148,7 +191,7 @@ class _Read:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         inflight[self.ident] = future
         try:
-            result = await self.load(fetch, generate)
+            result = await self.load(fetch, generate, first)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # followers re-raise it; no "never retrieved" warning
@@ -160,15 +203,26 @@ class _Read:
             if inflight.get(self.ident) is future:
                 del inflight[self.ident]
 
-    async def load(self, fetch: Loader, generate: Loader | None) -> tuple[Any, Metrics, bytes | None]:
+    async def load(
+        self, fetch: Loader, generate: Loader | None, first: Lookup | bool | None
+    ) -> tuple[Any, Metrics, bytes | None]:
         manager, plan = self.manager, self.plan
         memory = manager.memory
         seq = memory.eviction_seq if memory is not None else 0
         token = manager.new_token()
-        found = await self.lookup(token)
-        if found is not None and found[0] > 0:
-            return self.served_from_redis(found, seq)
-        tag = found[1] if found is not None else None
+        found = await self.lookup(token, first)
+        if isinstance(found, tuple):  # another process stored it while we waited for its lease
+            value, hit = found
+            manager.remember(self.ident, plan, hit, seq)
+            i = hit.level - 1
+            metrics: Metrics = {
+                "source": "cache",
+                "tier": "redis",
+                "key": plan.entry_keys[i],
+                "level": plan.level_names[i],
+            }
+            return value, metrics, hit.payload if value is not None else None
+        tag = found  # the generations to tag our write with, or None if Redis is unusable
         value, source = await self.fetch(fetch, generate, token, tag)
         payload = self.encode(value)
         stored = False
@@ -193,47 +247,42 @@ class _Read:
         }
         return value, metrics, payload if payload and value is not None else None
 
-    async def lookup(self, token: str) -> tuple[int, Any, Any] | None:
-        """read.lua, waiting while another process holds the lease; None if Redis is unusable."""
-        manager = self.manager
+    async def lookup(self, token: str, first: Lookup | bool | None) -> tuple[Any, Lookup] | bytes | None:
+        """Take the lease after a miss, or wait for the process that holds it.
+
+        ``first`` is the caller's lookup: a miss to start from, None to look again, False if
+        Redis was unusable. Returns a hit found while waiting as (value, Lookup); else, once we
+        hold the lease or waited long enough, the tag to write with; None if Redis is unusable.
+        """
+        if first is False:
+            return None
+        manager, plan = self.manager, self.plan
         waited, delay = 0.0, 0.002
         budget = manager.settings.lease_wait_ms / 1000.0
+        found = first if isinstance(first, Lookup) else None
         while True:
             try:
-                found = await manager.lookup(self.plan, token)
+                if found is None:
+                    found = await manager.lookup(plan)
+                if found.level:
+                    try:
+                        return deserialize_from_cache(found.payload, plan.data_type, self.deserializer), found
+                    except Exception:
+                        await manager._drop_corrupt(plan.entry_keys[found.level - 1])
+                        found = None
+                        continue
+                leased = await manager.reclaim_and_lease(plan, found.stale, token)
             except BackendUnavailable:
                 manager.stats.error("redis")
                 return None
-            if found[0] > 0:
-                try:
-                    deserialize_from_cache(found[1], self.plan.data_type, self.deserializer)
-                except Exception:
-                    await manager._drop_corrupt(self.plan.entry_keys[found[0] - 1])
-                    continue
-                return found
-            if found[2] or waited >= budget:
-                return found
+            if leased or waited >= budget:
+                return found.tag
             if waited == 0:
                 manager.stats.error("lease_wait")
             await asyncio.sleep(delay)
             waited += delay
             delay = min(delay * 2, 0.05)
-
-    def served_from_redis(self, found: tuple[int, Any, Any], seq: int) -> tuple[Any, Metrics, bytes | None]:
-        level, payload, pttl = found
-        plan, memory = self.plan, self.manager.memory
-        value = deserialize_from_cache(payload, plan.data_type, self.deserializer)
-        if memory is not None and memory.eviction_seq == seq:
-            memory.set(
-                self.ident, payload, pttl / 1000, plan.entry_keys[level - 1], plan.level_names[level - 1], plan.scopes
-            )
-        metrics = {
-            "source": "cache",
-            "tier": "redis",
-            "key": plan.entry_keys[level - 1],
-            "level": plan.level_names[level - 1],
-        }
-        return value, metrics, payload if value is not None else None
+            found = None
 
     async def fetch(self, fetch: Loader, generate: Loader | None, token: str, tag: Any) -> tuple[Any, str]:
         _, tenant_id, resource_id = self.ident[:3]

@@ -95,19 +95,20 @@ class KeyPlan:
 
     ``entry_keys`` are the hierarchy's keys, most specific first (writes go to ``entry_keys[0]``).
     ``gen_keys`` are the generation counters of the request's scopes, in the order tenant, type,
-    resource, then agent, conversation, collection where given. ``level_gens[i]`` names (as digits,
-    1-based) which of them tag an entry at level ``i``. ``scopes`` are the same scopes as tuples, for
-    the memory tier's eviction index.
+    resource, then agent, conversation, collection where given. ``level_gens[i]`` lists (0-based)
+    which of them tag an entry at level ``i``. ``scopes`` are the same scopes as tuples, for the
+    memory tier's eviction index. ``mget_keys`` is what one lookup reads: entries, then generations.
     """
 
     tenant_id: str
     data_type: str
     entry_keys: tuple[str, ...]
     level_names: tuple[str, ...]
-    level_gens: tuple[str, ...]
+    level_gens: tuple[tuple[int, ...], ...]
     gen_keys: tuple[str, ...]
     lease_key: str
     scopes: tuple[Scope, ...]
+    mget_keys: tuple[str, ...]
 
 
 def tenant_tag(prefix: str, tenant_id: str) -> str:
@@ -147,38 +148,40 @@ def build_plan(
 
     tag = tenant_tag(prefix, tenant)
     scopes: list[Scope] = [(tenant,), (tenant, SCOPE_TYPE, dtype), (tenant, SCOPE_RESOURCE, dtype, res)]
-    part_gen: dict[int, str] = {}
+    part_gen: dict[int, int] = {}
     for index, (kind, value) in enumerate(((SCOPE_AGENT, agent), (SCOPE_CONVERSATION, conv), (SCOPE_COLLECTION, coll))):
         if value is not None:
             scopes.append((tenant, kind, value))
-            part_gen[index] = str(len(scopes))
+            part_gen[index] = len(scopes) - 1
 
     entry_keys: list[str] = []
     names: list[str] = []
-    level_gens: list[str] = []
+    level_gens: list[tuple[int, ...]] = []
     for level in levels:
         parts = [tag, dtype]
         name_parts: list[str] = []
-        gens = "123"
+        gens = [0, 1, 2]
         for index, (kind, value) in enumerate(
             ((SCOPE_AGENT, agent), (SCOPE_CONVERSATION, conv), (SCOPE_COLLECTION, coll))
         ):
             if level[index]:
                 parts += [kind, value]  # type: ignore[list-item]
                 name_parts.append(kind)
-                gens += part_gen[index]
+                gens.append(part_gen[index])
         parts.append(res)
         entry_keys.append(":".join(parts))
         names.append("+".join(name_parts) or "tenant")
-        level_gens.append(gens)
+        level_gens.append(tuple(gens))
 
+    gen_keys = tuple(gen_key(prefix, scope) for scope in scopes)
     return KeyPlan(
         tenant_id=tenant,
         data_type=dtype,
         entry_keys=tuple(entry_keys),
         level_names=tuple(names),
         level_gens=tuple(level_gens),
-        gen_keys=tuple(gen_key(prefix, scope) for scope in scopes),
+        gen_keys=gen_keys,
         lease_key=f"{tag}:#lease:" + entry_keys[0][len(tag) + 1 :],
         scopes=tuple(scopes),
+        mget_keys=(*entry_keys, *gen_keys),
     )

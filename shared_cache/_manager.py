@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import orjson
 
@@ -33,7 +34,7 @@ from ._keys import (
 )
 from ._memory import MemoryTier, entry_value
 from ._metrics import CacheStats
-from ._redis_tier import INVALIDATE, READ, WRITE, RedisTier
+from ._redis_tier import INVALIDATE, LEASE, WRITE, RedisTier
 from ._serialization import Deserializer, Serializer, deserialize_from_cache, serialize_for_cache
 from ._settings import CacheSettings
 from ._ttl import ttl_for
@@ -54,8 +55,32 @@ class _singleton_method(Generic[T]):
         return self.func.__get__(cls.get_instance() if obj is None else obj, cls)  # type: ignore[no-any-return]
 
 
-Lookup = tuple[int, Any, Any]
-"""Result of read.lua: (level, payload, pttl) on a hit; (0, tag, lease_taken) on a miss."""
+class Lookup(NamedTuple):
+    """What one MGET of a plan's entries and generations says."""
+
+    level: int  # 1-based level whose entry is current, 0 on a miss
+    payload: bytes  # the winning entry's payload (b"" on a miss)
+    expires_at: float  # its wall-clock expiry in seconds, 0.0 for none
+    tag: bytes  # on a miss: level 1's current generations, to tag the write with
+    stale: tuple[tuple[str, bytes], ...]  # (key, tag) of entries found stale, to reclaim
+
+
+def parse_lookup(plan: KeyPlan, reply: list[bytes | None]) -> Lookup:
+    """Pick the most specific entry whose tag equals its scopes' current generations (pure)."""
+    n = len(plan.entry_keys)
+    gens = [g or b"0" for g in reply[n:]]
+    level_gens = plan.level_gens
+    stale: list[tuple[str, bytes]] = []
+    for i in range(n):
+        raw = reply[i]
+        if raw is None:
+            continue
+        tag, _, rest = raw.partition(b"|")
+        expiry, found, payload = rest.partition(b"|")
+        if found and expiry.isdigit() and tag == b",".join([gens[j] for j in level_gens[i]]):
+            return Lookup(i + 1, payload, int(expiry) / 1000.0, b"", tuple(stale))
+        stale.append((plan.entry_keys[i], tag[:64]))
+    return Lookup(0, b"", 0.0, b",".join([gens[j] for j in level_gens[0]]), tuple(stale))
 
 
 class CacheManager:
@@ -123,13 +148,16 @@ class CacheManager:
         return f"{self.origin}:{next(self._tokens)}"
 
     # -- Redis primitives ------------------------------------------------------------------------
-    async def lookup(self, plan: KeyPlan, lease_token: str = "") -> Lookup:
-        keys = (*plan.entry_keys, *plan.gen_keys, plan.lease_key)
-        args = [len(plan.entry_keys), *plan.level_gens, lease_token, self.settings.lease_ms]
-        reply = await self.redis.script(READ, keys, args)
-        if reply[0] == 0:
-            return 0, reply[2], reply[1]
-        return reply[0], reply[1], reply[2]
+    async def lookup(self, plan: KeyPlan) -> Lookup:
+        """Every level and every generation in one MGET: one round trip, a plain command."""
+        return parse_lookup(plan, await self.redis.call("MGET", *plan.mget_keys))
+
+    async def reclaim_and_lease(self, plan: KeyPlan, stale: tuple[tuple[str, bytes], ...], token: str) -> bool:
+        """Delete entries found stale (if still so) and, with a token, try to take the lease."""
+        keys = [key for key, _ in stale]
+        args: list[Any] = [tag for _, tag in stale]
+        reply = await self.redis.script(LEASE, [*keys, plan.lease_key], [*args, token, self.settings.lease_ms])
+        return bool(reply)
 
     async def store(
         self,
@@ -140,7 +168,8 @@ class CacheManager:
         lease_token: str = "",
     ) -> bool:
         keys = (plan.entry_keys[0], *plan.gen_keys, plan.lease_key)
-        reply = await self.redis.script(WRITE, keys, [tag, payload, ttl_seconds * 1000, lease_token])
+        expires_ms = int((time.time() + ttl_seconds) * 1000) if ttl_seconds > 0 else 0
+        reply = await self.redis.script(WRITE, keys, [tag, payload, ttl_seconds * 1000, lease_token, expires_ms])
         return bool(reply)
 
     async def publish_eviction(self, tenant_id: str, scopes: list[Scope], gen_keys: list[str], reason: str) -> None:
@@ -182,22 +211,32 @@ class CacheManager:
             await self.start()
         seq = memory.eviction_seq if memory is not None else 0
         try:
-            level, payload, pttl = await self.lookup(plan)
+            found = await self.lookup(plan)
+            if found.stale:
+                await self.reclaim_and_lease(plan, found.stale, "")
         except BackendUnavailable:
             self.stats.error("redis")
             return None
-        if level == 0:
+        if found.level == 0:
             return None
         try:
-            value = deserialize_from_cache(payload, data_type, deserializer)
+            value = deserialize_from_cache(found.payload, data_type, deserializer)
         except Exception:
-            await self._drop_corrupt(plan.entry_keys[level - 1])
+            await self._drop_corrupt(plan.entry_keys[found.level - 1])
             return None
-        if memory is not None and memory.eviction_seq == seq:
-            memory.set(
-                ident, payload, pttl / 1000, plan.entry_keys[level - 1], plan.level_names[level - 1], plan.scopes
-            )
+        self.remember(ident, plan, found, seq)
         return value
+
+    def remember(self, ident: Hashable, plan: KeyPlan, found: Lookup, seq: int) -> None:
+        """Keep a Redis hit in the memory tier, unless an eviction came in since the lookup began."""
+        memory = self.memory
+        if memory is None or memory.eviction_seq != seq:
+            return
+        ttl = found.expires_at - time.time() if found.expires_at else 0.0
+        if found.expires_at and ttl <= 0:
+            return
+        i = found.level - 1
+        memory.set(ident, found.payload, ttl, plan.entry_keys[i], plan.level_names[i], plan.scopes)
 
     @_singleton_method
     async def set(
@@ -264,8 +303,11 @@ class CacheManager:
         """Seconds left of the entry that a read would serve from Redis; -1 = no expiry,
         -2 = no valid entry (missing, expired or invalidated)."""
         plan = self.plan(data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
-        level, _payload, pttl = await self.lookup(plan)
-        if level == 0:
+        found = await self.lookup(plan)
+        if found.level == 0:
+            return -2
+        pttl = int(await self.redis.call("PTTL", plan.entry_keys[found.level - 1]))
+        if pttl == -2:
             return -2
         return -1 if pttl < 0 else max(0, round(pttl / 1000))
 

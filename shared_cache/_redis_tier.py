@@ -41,7 +41,7 @@ class LuaScript:
         return cls(name, source, hashlib.sha1(source).hexdigest())
 
 
-READ = LuaScript.load("read")
+LEASE = LuaScript.load("lease")
 WRITE = LuaScript.load("write")
 READ_BATCH = LuaScript.load("read_batch")
 WRITE_BATCH = LuaScript.load("write_batch")

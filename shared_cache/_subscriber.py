@@ -114,8 +114,7 @@ class EvictionSubscriber:
             self.manager.stats.error("malformed_eviction")
             return
         self.events += 1
-        self.propagation_ms.append(max(0.0, (time.time() - event.sent_at) * 1000.0))
-        if event.origin == self.manager.origin:
-            return  # evicted locally when it was published
-        if self.manager.memory is not None:
+        if event.origin != self.manager.origin and self.manager.memory is not None:
+            # (our own events were evicted locally when they were published)
             self.evicted += self.manager.memory.evict_scopes(event.scopes)
+        self.propagation_ms.append(max(0.0, (time.time() - event.sent_at) * 1000.0))

@@ -53,7 +53,7 @@ async def test_hierarchy_costs_one_round_trip(manager: CacheManager, redis_url: 
             "document", "d", "t", db.fetch, agent_id="a", conversation_id="c", collection_id="l"
         )
     assert value == {"x": 1} and metrics["tier"] == "redis" and metrics["level"] == "tenant"
-    assert seen.commands == ["EVALSHA"]  # six levels, one round trip
+    assert seen.commands == ["MGET"]  # six levels and their generations, one round trip
     assert db.calls == 0
 
 
@@ -247,3 +247,14 @@ async def test_works_across_event_loops(redis_url: str) -> None:
         value, _metrics = await asyncio.to_thread(run_in_new_loop)
         assert value == {"v": 1}
     await mgr.close()
+
+
+async def test_invalidated_entries_are_reclaimed_when_met(manager: CacheManager, sync_redis: redis.Redis) -> None:
+    await get_with_cache_aside("document", "d", "t", lambda r, t, c: {"v": 1}, agent_id="a")
+    await get_with_cache_aside("document", "d", "t", lambda r, t, c: {"v": 1})
+    top = f"{manager.prefix}{{t}}:document:agent:a:d"
+    assert sync_redis.exists(top)
+    await manager.invalidate_agent_complete("t", "a")  # the agent-level entry is now stale
+    value, metrics = await get_with_cache_aside("document", "d", "t", lambda r, t, c: {"v": 2}, agent_id="a")
+    assert value == {"v": 1} and metrics["level"] == "tenant"  # the basic level is still valid
+    assert not sync_redis.exists(top)  # and the stale one was deleted on the way

@@ -27,7 +27,8 @@ def test_hierarchy_order_follows_the_standard() -> None:
     )
     assert plan.level_names == ("agent+conv+coll", "agent+conv", "agent+coll", "coll", "agent", "tenant")
     # level 1 is tagged with all six scopes; the basic key with tenant, type and resource only
-    assert plan.level_gens[0] == "123456" and plan.level_gens[-1] == "123"
+    assert plan.level_gens[0] == (0, 1, 2, 3, 4, 5) and plan.level_gens[-1] == (0, 1, 2)
+    assert plan.level_gens[3] == (0, 1, 2, 5)  # coll only
     assert plan.gen_keys[:3] == (
         "sc:{tenant_abc}:#gen",
         "sc:{tenant_abc}:#gen:type:embedding",
@@ -92,3 +93,20 @@ def test_resource_ids_cannot_reach_bookkeeping_keys(resource: str) -> None:
 def test_long_ids_are_hashed_and_bounded() -> None:
     plan = build_plan("", "query_result", "t", "q" * 100_000)
     assert len(plan.entry_keys[0]) < 80
+
+
+def test_parse_lookup_picks_the_first_current_level() -> None:
+    from shared_cache._manager import parse_lookup
+
+    plan = build_plan("", "document", "t", "d", agent_id="a")  # levels: agent, basic; gens t,type,res,agent
+    gens = [b"1", None, b"3", b"7"]  # a missing counter reads as 0
+    stale_top = b"1,0,3,6|0|j1"  # tagged before the agent's generation moved to 7
+    current_basic = b"1,0,3|1790000000000|j2"
+    found = parse_lookup(plan, [stale_top, current_basic, *gens])
+    assert (found.level, found.payload, found.expires_at) == (2, b"j2", 1790000000.0)
+    assert found.stale == ((plan.entry_keys[0], b"1,0,3,6"),)
+
+    miss = parse_lookup(plan, [None, b"garbage without separators", *gens])
+    assert miss.level == 0 and miss.tag == b"1,0,3,7"  # what a write must be tagged with
+    assert miss.stale == ((plan.entry_keys[1], b"garbage without separators"),)
+    assert parse_lookup(plan, [b"1,0,3,7|soon|j1", None, *gens]).level == 0  # a bad expiry is not served

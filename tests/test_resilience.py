@@ -80,13 +80,14 @@ async def test_redis_restart_under_a_running_manager(redis_url: str) -> None:
 async def test_corrupt_entry_is_deleted_and_db_answers(manager: CacheManager, sync_redis: redis.Redis) -> None:
     _, metrics = await get_with_cache_aside("document", "d", "t", lambda r, t, c: {"v": 1})
     key = metrics["key"]
-    tag = sync_redis.get(key).split(b"|", 1)[0]  # type: ignore[union-attr]
-    sync_redis.set(key, tag + b"|j{broken json")
+    tag, expiry, _payload = sync_redis.get(key).split(b"|", 2)  # type: ignore[union-attr]
+    sync_redis.set(key, tag + b"|" + expiry + b"|j{broken json")
     manager.memory.clear()  # type: ignore[union-attr]
     value, metrics = await get_with_cache_aside("document", "d", "t", lambda r, t, c: {"v": 2})
     assert value == {"v": 2} and metrics["source"] == "db"
     assert manager.stats.errors["corrupt_entry"] == 1
     assert sync_redis.get(key).endswith(b'|j{"v":2}')  # type: ignore[union-attr]
+    assert sync_redis.get(key).startswith(tag + b"|")  # type: ignore[union-attr]
 
 
 async def test_garbage_without_a_tag_is_treated_as_stale(manager: CacheManager, sync_redis: redis.Redis) -> None:

@@ -5,10 +5,9 @@
 -- KEYS[2i+1]        entry key of item i (i = 1..k)
 -- KEYS[2i+2]        resource generation counter of item i
 --
--- Returns {tenant_gen, type_gen, v1, v2, ...} where vi is the payload of item i, or false when it
--- is missing or stale, or the resource generation (as a number) when a write should use it.
--- Missing items come back as their resource generation so the caller can tag its write; stale
--- entries are deleted.
+-- Entries are "tag|expiry|payload" (see write.lua).
+-- Returns {tenant_gen, type_gen, v1, v2, ...}: vi is the payload of item i on a hit, else its
+-- resource generation as a number, so the caller can tag its write. Stale entries are deleted.
 local got = redis.call('MGET', unpack(KEYS))
 local g1 = got[1] or '0'
 local g2 = got[2] or '0'
@@ -21,9 +20,10 @@ for i = 1, k do
   local hit = false
   if v then
     local sep = string.find(v, '|', 1, true)
-    if sep and string.sub(v, 1, sep - 1) == want then
+    local sep2 = sep and string.find(v, '|', sep + 1, true)
+    if sep2 and string.sub(v, 1, sep - 1) == want then
       hit = true
-      out[i + 2] = string.sub(v, sep + 1)
+      out[i + 2] = string.sub(v, sep2 + 1)
     else
       redis.call('DEL', KEYS[2 * i + 1])
     end

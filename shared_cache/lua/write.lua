@@ -7,7 +7,9 @@
 -- ARGV[2]           payload, or '' to store nothing and only release the lease
 -- ARGV[3]           time to live in milliseconds, 0 for no expiry
 -- ARGV[4]           lease token to release, or ''
+-- ARGV[5]           expiry as wall-clock milliseconds (0 = none), kept in the entry for memory tiers
 --
+-- An entry is "tag|expiry|payload", tag being the generations it was fetched under, joined by ','.
 -- Returns 1 if stored, 0 if not (an invalidation bumped a generation since the read: the value
 -- may predate it, so it must not be stored as fresh).
 local m = #KEYS - 2
@@ -19,9 +21,9 @@ local tag = table.concat(gens, ',')
 local stored = 0
 if ARGV[2] ~= '' and (ARGV[1] == '' or ARGV[1] == tag) then
   if tonumber(ARGV[3]) > 0 then
-    redis.call('SET', KEYS[1], tag .. '|' .. ARGV[2], 'PX', ARGV[3])
+    redis.call('SET', KEYS[1], tag .. '|' .. ARGV[5] .. '|' .. ARGV[2], 'PX', ARGV[3])
   else
-    redis.call('SET', KEYS[1], tag .. '|' .. ARGV[2])
+    redis.call('SET', KEYS[1], tag .. '|' .. ARGV[5] .. '|' .. ARGV[2])
   end
   stored = 1
 end
