@@ -172,5 +172,9 @@ async def _store(
     try:
         metrics["stored"] = await manager.redis.script(WRITE_BATCH, keys, args)
         metrics["round_trips"] += 1
+        if seconds == 0:  # no expiry: list them so reclaim_permanent can find them once invalidated
+            tenant_gens = "\n".join(head)
+            members = [f"{keys[j]}\n{tenant_gens}\n{keys[j + 1]}" for j in range(2, len(keys), 2)]
+            await manager.redis.call("SADD", f"{tag}:#perm", *members)
     except BackendUnavailable:
         manager.stats.error("redis")

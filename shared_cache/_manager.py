@@ -38,7 +38,7 @@ from ._redis_tier import INVALIDATE, LEASE, WRITE, RedisTier
 from ._serialization import Deserializer, Serializer, deserialize_from_cache, serialize_for_cache
 from ._settings import CacheSettings
 from ._ttl import ttl_for
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, map_backend_errors
 
 T = TypeVar("T")
 _PLAN_CACHE_SIZE = 50_000
@@ -167,10 +167,56 @@ class CacheManager:
         ttl_seconds: int,
         lease_token: str = "",
     ) -> bool:
-        keys = (plan.entry_keys[0], *plan.gen_keys, plan.lease_key)
+        keys = (plan.entry_keys[0], *plan.gen_keys, plan.lease_key, self.permanent_set(plan.tenant_id))
         expires_ms = int((time.time() + ttl_seconds) * 1000) if ttl_seconds > 0 else 0
-        reply = await self.redis.script(WRITE, keys, [tag, payload, ttl_seconds * 1000, lease_token, expires_ms])
-        return bool(reply)
+        member = "\n".join((plan.entry_keys[0], *plan.gen_keys)) if ttl_seconds == 0 else ""
+        args = [tag, payload, ttl_seconds * 1000, lease_token, expires_ms, member]
+        return bool(await self.redis.script(WRITE, keys, args))
+
+    def permanent_set(self, tenant_id: str) -> str:
+        """Set of a tenant's entries written without expiry (``key\ngen_key...`` members)."""
+        return f"{tenant_tag(self.prefix, tenant_id)}:#perm"
+
+    async def reclaim_permanent(self, tenant_id: str, batch: int = 500) -> int:
+        """Delete the tenant's invalidated entries that have no expiry; returns how many.
+
+        Entries with a TTL are reclaimed by Redis itself, and any entry is deleted when a read
+        meets it stale; an entry written with ``TTL_PERMANENT`` and never read again after an
+        invalidation would stay forever without this sweep (the worker runs it periodically).
+        It walks the tenant's set with SSCAN, in batches, off the read and invalidation paths.
+        """
+        key = self.permanent_set(validate_tenant(tenant_id))
+        cursor, deleted = 0, 0
+        while True:
+            cursor, members = await self.redis.call("SSCAN", key, cursor, "COUNT", batch)
+            if members:
+                deleted += await self._reclaim_batch(key, members)
+            if int(cursor) == 0:
+                return deleted
+
+    async def _reclaim_batch(self, set_key: str, members: list[bytes]) -> int:
+        entries = [m.decode().split("\n") for m in members]
+        client = self.redis.client()
+        with map_backend_errors():
+            pipe = client.pipeline(transaction=False)
+            for parts in entries:
+                pipe.mget(parts)
+            replies = await pipe.execute()
+        stale: list[tuple[str, bytes]] = []
+        gone: list[bytes] = []
+        for member, parts, reply in zip(members, entries, replies, strict=True):
+            raw = reply[0]
+            tag = raw.partition(b"|")[0] if raw is not None else b""
+            if raw is None or tag != b",".join([g or b"0" for g in reply[1:]]):
+                gone.append(member)
+                if raw is not None:
+                    stale.append((parts[0], tag))
+        if stale:  # deleted only if still stale (lease.lua), in the tenant's slot
+            keys = [k for k, _ in stale]
+            await self.redis.script(LEASE, [*keys, set_key], [*[t for _, t in stale], "", 0])
+        if gone:
+            await self.redis.call("SREM", set_key, *gone)
+        return len(stale)
 
     async def publish_eviction(self, tenant_id: str, scopes: list[Scope], gen_keys: list[str], reason: str) -> None:
         """Bump ``gen_keys`` and publish one event for ``scopes`` in one round trip, then evict locally."""

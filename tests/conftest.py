@@ -16,7 +16,7 @@ _prefixes = itertools.count()
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
+    server = RedisServer(extra=["--enable-debug-command", "yes"]).start()
     yield server
     server.cleanup()
 

@@ -3,16 +3,18 @@
 -- KEYS[1]           entry key (the most specific level)
 -- KEYS[2..m+1]      generation counters of the entry's scopes, in tag order
 -- KEYS[m+2]         lease key
+-- KEYS[m+3]         the tenant's set of entries without expiry (so invalidated ones can be found)
 -- ARGV[1]           expected tag (from read.lua), or '' to tag with the current generations
 -- ARGV[2]           payload, or '' to store nothing and only release the lease
 -- ARGV[3]           time to live in milliseconds, 0 for no expiry
 -- ARGV[4]           lease token to release, or ''
 -- ARGV[5]           expiry as wall-clock milliseconds (0 = none), kept in the entry for memory tiers
+-- ARGV[6]           member to add to KEYS[m+3] when the entry has no expiry (its key and generations)
 --
 -- An entry is "tag|expiry|payload", tag being the generations it was fetched under, joined by ','.
 -- Returns 1 if stored, 0 if not (an invalidation bumped a generation since the read: the value
 -- may predate it, so it must not be stored as fresh).
-local m = #KEYS - 2
+local m = #KEYS - 3
 local gens = redis.call('MGET', unpack(KEYS, 2, m + 1))
 for i = 1, m do
   if not gens[i] then gens[i] = '0' end
@@ -24,6 +26,7 @@ if ARGV[2] ~= '' and (ARGV[1] == '' or ARGV[1] == tag) then
     redis.call('SET', KEYS[1], tag .. '|' .. ARGV[5] .. '|' .. ARGV[2], 'PX', ARGV[3])
   else
     redis.call('SET', KEYS[1], tag .. '|' .. ARGV[5] .. '|' .. ARGV[2])
+    redis.call('SADD', KEYS[m + 3], ARGV[6])
   end
   stored = 1
 end
