@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import invalidation, read_path
+from bench import invalidation, read_path, stale
 from shared_cache import CacheManager
 from tests.redis_server import RedisServer
 
@@ -31,6 +31,8 @@ async def run(quick: bool, url: str) -> list[tuple[str, str, str, str]]:
         print(f"-- {name}", file=sys.stderr, flush=True)
         await step
     read_path.codec(rows)
+    print("-- stale reads", file=sys.stderr, flush=True)
+    stale.stale_reads(rows, url, 3 if quick else 10)
     await CacheManager.get_instance().close()
     return rows
 

@@ -132,3 +132,28 @@ async def test_with_context() -> None:
         await my_function(ctx=Context(tenant_id="t"))
     with pytest.raises(InvalidKeyError, match="invalid tenant_id"):
         Context(tenant_id="bad tenant")
+
+
+def test_readme_settings_table_matches_the_model() -> None:
+    import pathlib
+    import re
+
+    from shared_cache._settings import settings_table
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- settings-table -->\n(.*?)\n<!-- /settings-table -->", readme, re.S)
+    assert block is not None, "README.md has no settings table"
+    assert block.group(1) == settings_table(), "regenerate it: python -m shared_cache._settings"
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared_cache import CacheSettings
+
+    monkeypatch.setenv("SHARED_CACHE_REDIS_URL", "rediss://user:secret@cache.internal:6380/2")
+    monkeypatch.setenv("SHARED_CACHE_MEMORY_ENABLED", "false")
+    settings = CacheSettings()
+    assert settings.redis_url.get_secret_value().startswith("rediss://user:secret@")
+    assert "secret" not in repr(settings)  # secrets stay out of logs and error reports
+    assert settings.memory_enabled is False
+    with pytest.raises(ValueError, match="key_prefix"):
+        CacheSettings(key_prefix="a{b}")
