@@ -1,7 +1,7 @@
 """Run every benchmark against a Redis server it starts itself; print and save a Markdown table.
 
-    python -m bench            # full run (about two minutes)
-    python -m bench --quick    # smaller sizes, for a smoke test
+python -m bench            # full run (about two minutes)
+python -m bench --quick    # smaller sizes, for a smoke test
 """
 
 from __future__ import annotations

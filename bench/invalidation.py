@@ -86,9 +86,11 @@ async def propagation(rows: list[Row], url: str, processes: int = 8, events: int
         procs.append(proc)
     for pipe in pipes:
         assert pipe.poll(60) and pipe.recv() == "ready"
-    publisher = CacheManager(CacheManager.get_instance().settings.model_copy(
-        update={"key_prefix": prefix, "eviction_channel": channel, "memory_enabled": False}
-    ))
+    publisher = CacheManager(
+        CacheManager.get_instance().settings.model_copy(
+            update={"key_prefix": prefix, "eviction_channel": channel, "memory_enabled": False}
+        )
+    )
     for i in range(events):
         await publisher.invalidate("t", "document", f"doc{i}")
         await asyncio.sleep(0.005)

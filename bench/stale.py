@@ -18,8 +18,7 @@ def stale_reads(rows: list[Row], redis_url: str, seconds: float) -> None:
     rows.append(
         (
             "stale reads, 3 reader + 2 writer processes on Postgres, 50 ms bound (goal 0)",
-            f"{ours.stale} of {ours.reads:,} reads ({ours.writes} writes); "
-            f"{ours.stale_within_bound} within the bound",
+            f"{ours.stale} of {ours.reads:,} reads ({ours.writes} writes); {ours.stale_within_bound} within the bound",
             f"plain cache-aside: {plain.stale:,} of {plain.reads:,} reads, up to {plain.worst_ms:,.0f} ms late",
             "0 stale" if ours.stale == 0 else f"{ours.stale} STALE",
         )

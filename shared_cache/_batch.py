@@ -1,7 +1,7 @@
 """``get_embeddings_batch_with_cache`` (section 8): many texts, one lookup, one provider call.
 
 Duplicates are looked up and generated once and the input order is kept. The memory tier answers
-what it can; the rest costs one Redis round trip (read_batch.lua), one provider call with only the
+what it can; the rest costs one Redis round trip (one MGET), one provider call with only the
 missing texts, and one generation-checked write of all new embeddings (write_batch.lua).
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 
 from ._keys import gen_key, tenant_tag, validate_tenant
 from ._manager import CacheManager
-from ._redis_tier import READ_BATCH, WRITE_BATCH
+from ._memory import time_left
+from ._redis_tier import WRITE_BATCH
 from ._serialization import decode_embedding, encode_embedding
 from ._ttl import ttl_for
 from .errors import BackendUnavailable, CorruptEntryError, SerializationError
@@ -71,33 +72,37 @@ async def get_embeddings_batch_with_cache(
         for i in pending:
             keys += [f"{tag}:{_TYPE}:{rids[i]}", f"{tag}:#gen:res:{_TYPE}:{rids[i]}"]
         try:
-            reply = await manager.redis.script(READ_BATCH, keys, [])
+            reply = await manager.redis.call("MGET", *keys)
             metrics["round_trips"] += 1
         except BackendUnavailable:
             manager.stats.error("redis")
             reply = None
         if reply is not None:
-            g1, g2 = reply[0].decode(), reply[1].decode()
-            for i, item in zip(pending, reply[2:], strict=True):
-                if isinstance(item, bytes):
-                    try:
-                        decode_embedding(item)
-                    except CorruptEntryError:
-                        manager.stats.error("corrupt_entry")
+            # Same check as the single-key path (parse_lookup), inlined for 1,000s of items. A
+            # stale entry needs no delete: the regenerated value is written over it.
+            head_tag = (reply[0] or b"0") + b"," + (reply[1] or b"0") + b","
+            remember = memory is not None and memory.eviction_seq == seq
+            for k, i in enumerate(pending):
+                raw, gen = reply[2 + 2 * k], reply[3 + 2 * k] or b"0"
+                want = head_tag + gen
+                if raw is not None:
+                    entry_tag, _, rest = raw.partition(b"|")
+                    expiry, sep, payload = rest.partition(b"|")
+                    if sep and entry_tag == want and expiry.isdigit():
+                        found[unique[i]] = payload
+                        metrics["redis_hits"] += 1
+                        left = time_left(int(expiry) / 1000.0)
+                        if remember and left is not None:
+                            memory.set(  # type: ignore[union-attr]
+                                (_TYPE, tenant, rids[i], None, None, None),
+                                payload,
+                                left,
+                                f"{tag}:{_TYPE}:{rids[i]}",
+                                "tenant",
+                                _scopes(tenant, rids[i]),
+                            )
                         continue
-                    found[unique[i]] = item
-                    metrics["redis_hits"] += 1
-                    if memory is not None and memory.eviction_seq == seq:
-                        memory.set(
-                            (_TYPE, tenant, rids[i], None, None, None),
-                            item,
-                            0,
-                            f"{tag}:{_TYPE}:{rids[i]}",
-                            "tenant",
-                            _scopes(tenant, rids[i]),
-                        )
-                else:
-                    tags[i] = f"{g1},{g2},{item}"
+                tags[i] = want.decode()
 
     missing = [i for i in pending if unique[i] not in found]
     if missing:
@@ -117,7 +122,14 @@ async def get_embeddings_batch_with_cache(
                         _scopes(tenant, rids[i]),
                     )
 
-    decoded = {text: decode_embedding(payload) for text, payload in found.items()}
+    decoded: dict[str, list[float]] = {}
+    for text, payload in found.items():
+        try:
+            decoded[text] = decode_embedding(payload)
+        except CorruptEntryError:  # only if something else wrote there: regenerate that one
+            manager.stats.error("corrupt_entry")
+            (regenerated,) = await _generate(embedding_provider, [text])
+            decoded[text] = decode_embedding(regenerated)
     seen: set[str] = set()
     out: list[list[float]] = []
     for text in texts:  # each position gets its own list, even for repeated texts

@@ -32,7 +32,7 @@ from ._keys import (
     validate_data_type,
     validate_tenant,
 )
-from ._memory import MemoryTier, entry_value
+from ._memory import MemoryTier, entry_value, time_left
 from ._metrics import CacheStats
 from ._redis_tier import INVALIDATE, LEASE, WRITE, RedisTier
 from ._serialization import Deserializer, Serializer, deserialize_from_cache, serialize_for_cache
@@ -278,8 +278,8 @@ class CacheManager:
         memory = self.memory
         if memory is None or memory.eviction_seq != seq:
             return
-        ttl = found.expires_at - time.time() if found.expires_at else 0.0
-        if found.expires_at and ttl <= 0:
+        ttl = time_left(found.expires_at)
+        if ttl is None:
             return
         i = found.level - 1
         memory.set(ident, found.payload, ttl, plan.entry_keys[i], plan.level_names[i], plan.scopes)
@@ -447,7 +447,7 @@ class CacheManager:
             raise ValueError(
                 f"embedding needs str text and a non-empty str model_name, got {type(text).__name__}, {model_name!r}"
             )
-        return f"emb_{text_digest(model_name)[:12]}_{text_digest(text)}"
+        return "emb_" + text_digest(f"{len(model_name)}:{model_name}{text}")
 
     @_singleton_method
     async def get_embedding(self, text: str, model_name: str, tenant_id: str) -> list[float] | None:

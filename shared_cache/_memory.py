@@ -91,6 +91,15 @@ def entry_value(entry: MemoryEntry, deserializer: Callable[[Any], Any] | None = 
     return deserializer(plain) if deserializer is not None else plain
 
 
+def time_left(expires_at: float) -> float | None:
+    """Seconds an entry expiring at wall-clock ``expires_at`` (0 = never) may stay in memory:
+    0.0 means "up to the cap", None means it has already expired and must not be kept."""
+    if not expires_at:
+        return 0.0
+    left = expires_at - time.time()
+    return left if left > 0 else None
+
+
 class MemoryTier:
     """Bounded (entries and bytes), TTL-capped LRU of :class:`MemoryEntry` by request identity."""
 

@@ -43,7 +43,6 @@ class LuaScript:
 
 LEASE = LuaScript.load("lease")
 WRITE = LuaScript.load("write")
-READ_BATCH = LuaScript.load("read_batch")
 WRITE_BATCH = LuaScript.load("write_batch")
 INVALIDATE = LuaScript.load("invalidate")
 

@@ -49,12 +49,6 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def _is_vector(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and all(
-        isinstance(x, (float, int)) and not isinstance(x, bool) for x in value
-    )
-
-
 def encode_embedding(vector: Any) -> bytes:
     """Encode one embedding (list of numbers, 1-D array or tensor) as ``e`` + dim + float32s."""
     module = type(vector).__module__
@@ -62,9 +56,12 @@ def encode_embedding(vector: Any) -> bytes:
         body: bytes = vector.astype("<f4", copy=False).tobytes()
         return b"e" + _DIM.pack(len(vector)) + body
     plain = to_plain(vector)
-    if not _is_vector(plain):
+    if not isinstance(plain, (list, tuple)):
         raise SerializationError(f"embedding must be a flat sequence of numbers, got {type(vector).__name__}")
-    floats = array("f", plain)
+    try:
+        floats = array("f", plain)  # refuses anything but real numbers (nested lists, strings...)
+    except (TypeError, OverflowError) as exc:
+        raise SerializationError(f"embedding must be a flat sequence of numbers: {exc}") from exc
     if not _LITTLE:  # pragma: no cover - big-endian hosts
         floats.byteswap()
     return b"e" + _DIM.pack(len(floats)) + floats.tobytes()

@@ -60,7 +60,7 @@ async def test_thousand_texts_at_ninety_percent_hits_cost_at_most_three_round_tr
     with Monitor(redis_url) as seen:
         out, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider)
     assert len(seen.commands) <= 3, seen.commands
-    assert seen.commands == ["EVALSHA", "EVALSHA"]  # one lookup, one write
+    assert seen.commands == ["MGET", "EVALSHA"]  # one lookup, one write
     assert metrics["cache_hits"] == 900 and metrics["cache_misses"] == 100
     assert provider.calls[-1] == texts[900:]
     assert len(out) == 1000

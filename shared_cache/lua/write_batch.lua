@@ -1,6 +1,9 @@
 -- write_batch.lua: store many single-level entries whose generations are still current.
 --
--- KEYS as in read_batch.lua. ARGV[1] time to live in milliseconds (0 = no expiry), ARGV[2] expiry
+-- KEYS[1], KEYS[2]  tenant and type generation counters
+-- KEYS[2i+1]        entry key of item i (i = 1..k)
+-- KEYS[2i+2]        resource generation counter of item i
+-- ARGV[1] time to live in milliseconds (0 = no expiry), ARGV[2] expiry
 -- as wall-clock milliseconds (0 = none); then for item i: ARGV[2i+1] expected tag, ARGV[2i+2]
 -- payload. Returns how many entries were stored.
 local got = redis.call('MGET', KEYS[1], KEYS[2])
