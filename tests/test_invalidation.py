@@ -107,7 +107,9 @@ async def test_permanent_entries_do_not_leak(manager: CacheManager, sync_redis: 
     sync_redis.execute_command("MEMORY", "PURGE")
     baseline = int(sync_redis.info("memory")["used_memory"])
     for i in range(3000):
-        await get_with_cache_aside("semantic_index", f"s{i}", "perm", value_of({"i": i, "pad": "x" * 200}), ttl=TTL_PERMANENT)
+        await get_with_cache_aside(
+            "semantic_index", f"s{i}", "perm", value_of({"i": i, "pad": "x" * 200}), ttl=TTL_PERMANENT
+        )
     filled = int(sync_redis.info("memory")["used_memory"])
     assert filled - baseline > 600_000
     await manager.invalidate("perm", "semantic_index", "*")
