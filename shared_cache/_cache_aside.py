@@ -149,7 +149,7 @@ async def _serve_hit(
             await manager.reclaim_and_lease(plan, found.stale, "")
         except BackendUnavailable:
             manager.stats.error("redis")
-    manager.remember(ident, plan, found, seq)
+    manager.remember(ident, plan, found, seq, value)
     return value, {"source": "cache", "tier": "redis", "key": plan.entry_keys[i], "level": plan.level_names[i]}
 
 

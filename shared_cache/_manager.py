@@ -273,7 +273,7 @@ class CacheManager:
         self.remember(ident, plan, found, seq)
         return value
 
-    def remember(self, ident: Hashable, plan: KeyPlan, found: Lookup, seq: int) -> None:
+    def remember(self, ident: Hashable, plan: KeyPlan, found: Lookup, seq: int, decoded: Any = None) -> None:
         """Keep a Redis hit in the memory tier, unless an eviction came in since the lookup began."""
         memory = self.memory
         if memory is None or memory.eviction_seq != seq:
@@ -282,7 +282,10 @@ class CacheManager:
         if ttl is None:
             return
         i = found.level - 1
-        memory.set(ident, found.payload, ttl, plan.entry_keys[i], plan.level_names[i], plan.scopes)
+        if decoded is None:
+            memory.set(ident, found.payload, ttl, plan.entry_keys[i], plan.level_names[i], plan.scopes)
+        else:
+            memory.set(ident, found.payload, ttl, plan.entry_keys[i], plan.level_names[i], plan.scopes, decoded)
 
     @_singleton_method
     async def set(

@@ -51,10 +51,22 @@ class MemoryEntry(NamedTuple):
     scopes: tuple[Scope, ...]
 
 
+_UNDECODED: Any = object()
+
+
 def entry_from_payload(
-    payload: bytes, expires_at: float, key: str, level: str, scopes: tuple[Scope, ...]
+    payload: bytes,
+    expires_at: float,
+    key: str,
+    level: str,
+    scopes: tuple[Scope, ...],
+    decoded: Any = _UNDECODED,
 ) -> MemoryEntry:
-    """Build a memory entry from a wire payload (see ``_serialization``)."""
+    """Build a memory entry from a wire payload (see ``_serialization``).
+
+    ``decoded``, when the caller already decoded the payload, saves decoding it again; it is
+    copied, never kept, since the caller hands it on.
+    """
     kind = payload[0]
     size = len(payload) + 64 + len(key)
     if kind == KIND_JSON:
@@ -62,11 +74,14 @@ def entry_from_payload(
         first = body[:1]
         if first in (b"{", b"["):
             if len(body) <= 2048:
-                decoded = orjson.loads(body)
+                if decoded is _UNDECODED:
+                    decoded = orjson.loads(body)
                 if _is_flat(decoded):
+                    return MemoryEntry(expires_at, HOLD_FLAT, decoded.copy(), key, level, size, scopes)
                     return MemoryEntry(expires_at, HOLD_FLAT, decoded, key, level, size, scopes)
             return MemoryEntry(expires_at, HOLD_JSON, body, key, level, size, scopes)
-        return MemoryEntry(expires_at, HOLD_VALUE, orjson.loads(body), key, level, size, scopes)
+        value = orjson.loads(body) if decoded is _UNDECODED else decoded
+        return MemoryEntry(expires_at, HOLD_VALUE, value, key, level, size, scopes)
     if kind == KIND_EMBEDDING:
         return MemoryEntry(expires_at, HOLD_EMBEDDING, payload, key, level, size, scopes)
     if kind == KIND_CUSTOM:
@@ -150,17 +165,22 @@ class MemoryTier:
         key: str,
         level: str,
         scopes: tuple[Scope, ...],
+        decoded: Any = _UNDECODED,
     ) -> bool:
-        """Store a payload for at most ``min(ttl, ttl_cap)`` seconds (``ttl`` 0 = the cap)."""
+        """Store a payload for at most ``min(ttl, ttl_cap)`` seconds (``ttl`` 0 = the cap).
+
+        ``scopes[0]`` must be the tenant scope: it is not indexed (a tenant-wide eviction, which is
+        rare, scans instead), which saves a third of the index work on every store.
+        """
         lifetime = self.ttl_cap if ttl <= 0 else min(ttl, self.ttl_cap)
-        entry = entry_from_payload(payload, self.timer() + lifetime, key, level, scopes)
+        entry = entry_from_payload(payload, self.timer() + lifetime, key, level, scopes, decoded)
         if entry.size > self.max_bytes:
             return False
         if ident in self._data:
             self._remove(ident)
         self._data[ident] = entry
         self.bytes += entry.size
-        for scope in scopes:
+        for scope in scopes[1:]:
             self._by_scope.setdefault(scope, set()).add(ident)
         while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
             self._remove(next(iter(self._data)))
@@ -175,7 +195,10 @@ class MemoryTier:
     def evict_scope(self, scope: Scope) -> int:
         """Drop every entry indexed under ``scope``; returns how many."""
         self.eviction_seq += 1
-        idents = self._by_scope.pop(scope, None)
+        if len(scope) == 1:
+            idents: Iterable[Hashable] | None = [i for i, e in self._data.items() if e.scopes[:1] == (scope,)]
+        else:
+            idents = self._by_scope.pop(scope, None)
         if not idents:
             return 0
         dropped = 0
@@ -197,7 +220,7 @@ class MemoryTier:
     def _remove(self, ident: Hashable) -> None:
         entry = self._data.pop(ident)
         self.bytes -= entry.size
-        for scope in entry.scopes:
+        for scope in entry.scopes[1:]:
             members = self._by_scope.get(scope)
             if members is not None:
                 members.discard(ident)
