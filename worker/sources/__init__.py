@@ -1,0 +1,1 @@
+"""Change sources: each an adapter that yields ``ChangeEvent``s (see ``base.ChangeSource``)."""
