@@ -10,7 +10,7 @@ from __future__ import annotations
 from ._batch import get_embeddings_batch_with_cache
 from ._cache_aside import get_with_cache_aside
 from ._context import Context, with_context
-from ._coordinated import document_update_scopes, invalidate_document_update
+from ._coordinated import invalidate_document_update
 from ._events import EvictionEvent
 from ._keys import DATA_TYPE_PATTERN, TENANT_PATTERN, KeyPlan, build_plan
 from ._manager import CacheManager
@@ -21,6 +21,14 @@ from ._metrics import (
     METRIC_CACHE_SIZE,
     METRIC_LATENCY,
     CacheStats,
+)
+from ._scopes import (
+    agent_scopes,
+    collection_scopes,
+    conversation_scopes,
+    document_update_scopes,
+    resource_scopes,
+    tenant_scopes,
 )
 from ._serialization import deserialize_from_cache, serialize_for_cache
 from ._settings import CacheSettings
@@ -77,14 +85,19 @@ __all__ = [
     "SerializationError",
     "SharedCacheError",
     "__version__",
+    "agent_scopes",
     "build_plan",
+    "collection_scopes",
+    "conversation_scopes",
     "deserialize_from_cache",
     "document_update_scopes",
     "get_cache_stats",
     "get_embeddings_batch_with_cache",
     "get_with_cache_aside",
     "invalidate_document_update",
+    "resource_scopes",
     "serialize_for_cache",
+    "tenant_scopes",
     "track_cache_metrics",
     "ttl_for",
     "with_context",

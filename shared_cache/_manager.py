@@ -17,11 +17,6 @@ import orjson
 
 from ._events import EvictionEvent
 from ._keys import (
-    SCOPE_AGENT,
-    SCOPE_COLLECTION,
-    SCOPE_CONVERSATION,
-    SCOPE_RESOURCE,
-    SCOPE_TYPE,
     KeyPlan,
     Scope,
     build_plan,
@@ -35,6 +30,7 @@ from ._keys import (
 from ._memory import MemoryTier, entry_value, time_left
 from ._metrics import CacheStats
 from ._redis_tier import INVALIDATE, LEASE, WRITE, RedisTier
+from ._scopes import agent_scopes, collection_scopes, conversation_scopes, resource_scopes, tenant_scopes
 from ._serialization import Deserializer, Serializer, deserialize_from_cache, serialize_for_cache
 from ._settings import CacheSettings
 from ._ttl import ttl_for
@@ -392,13 +388,8 @@ class CacheManager:
         all dropped); they are accepted for the standard's signature. Raises ``BackendUnavailable`` if
         Redis cannot record the invalidation: the caller must know it did not happen.
         """
-        tenant = validate_tenant(tenant_id)
-        dtype = validate_data_type(data_type)
-        if resource_id == "*":
-            scope: Scope = (tenant, SCOPE_TYPE, dtype)
-        else:
-            scope = (tenant, SCOPE_RESOURCE, dtype, encode_id(resource_id))
-        await self.publish_eviction(tenant, [scope], [gen_key(self.prefix, scope)], "invalidate")
+        scopes = resource_scopes(tenant_id, data_type, resource_id)
+        await self.publish_eviction(scopes[0][0], scopes, [gen_key(self.prefix, scopes[0])], "invalidate")
 
     @_singleton_method
     async def invalidate_scopes(self, tenant_id: str, scopes: list[Scope], reason: str = "invalidate") -> None:
@@ -412,36 +403,21 @@ class CacheManager:
     @_singleton_method
     async def invalidate_agent_complete(self, tenant_id: str, agent_id: Any) -> None:
         """Every entry cached under the agent, and its ``agent_config``."""
-        tenant = validate_tenant(tenant_id)
-        agent = encode_id(agent_id, "agent_id")
-        await self.invalidate_scopes(
-            tenant,
-            [(tenant, SCOPE_AGENT, agent), (tenant, SCOPE_RESOURCE, "agent_config", agent)],
-            "agent",
-        )
+        await self.invalidate_scopes(tenant_id, agent_scopes(tenant_id, agent_id), "agent")
 
     @_singleton_method
     async def invalidate_collection_complete(self, tenant_id: str, collection_id: Any) -> None:
         """Every entry cached under the collection (queries, retrievals, its vector store)."""
-        tenant = validate_tenant(tenant_id)
-        coll = encode_id(collection_id, "collection_id")
-        await self.invalidate_scopes(
-            tenant,
-            [(tenant, SCOPE_COLLECTION, coll), (tenant, SCOPE_RESOURCE, "vector_store", coll)],
-            "collection",
-        )
+        await self.invalidate_scopes(tenant_id, collection_scopes(tenant_id, collection_id), "collection")
 
     @_singleton_method
     async def invalidate_conversation_complete(self, tenant_id: str, conversation_id: Any) -> None:
-        tenant = validate_tenant(tenant_id)
-        conv = encode_id(conversation_id, "conversation_id")
-        await self.invalidate_scopes(tenant, [(tenant, SCOPE_CONVERSATION, conv)], "conversation")
+        await self.invalidate_scopes(tenant_id, conversation_scopes(tenant_id, conversation_id), "conversation")
 
     @_singleton_method
     async def invalidate_tenant(self, tenant_id: str) -> None:
         """Everything of one tenant (offboarding, key rotation): one generation bump."""
-        tenant = validate_tenant(tenant_id)
-        await self.invalidate_scopes(tenant, [(tenant,)], "tenant")
+        await self.invalidate_scopes(tenant_id, tenant_scopes(tenant_id), "tenant")
 
     # -- typed helpers (sections 4.2 and 11) ---------------------------------------------------
     @staticmethod

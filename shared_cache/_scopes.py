@@ -1,0 +1,71 @@
+"""Scopes that each kind of invalidation bumps (pure code, shared by the manager and the worker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._keys import (
+    SCOPE_AGENT,
+    SCOPE_COLLECTION,
+    SCOPE_CONVERSATION,
+    SCOPE_RESOURCE,
+    SCOPE_TYPE,
+    Scope,
+    encode_id,
+    validate_data_type,
+    validate_tenant,
+)
+
+
+def document_update_scopes(tenant_id: str, document_id: Any, collection_id: Any = None) -> list[Scope]:
+    """Scopes bumped when a document changes (pure, for planning and tests).
+
+    1. the document itself (``document`` entries of that id, in every context);
+    2. embeddings cached under the document id (embeddings cached by text are content-addressed:
+       the same text always has the same embedding, so they are never stale);
+    3. the collection's ``vector_store``;
+    4. everything cached in the collection's context, which holds its ``query_result`` and
+       ``retrieval_cache`` entries (a query may have used the document).
+    """
+    tenant = validate_tenant(tenant_id)
+    doc = encode_id(document_id, "document_id")
+    scopes: list[Scope] = [
+        (tenant, SCOPE_RESOURCE, "document", doc),
+        (tenant, SCOPE_RESOURCE, "embedding", doc),
+    ]
+    if collection_id is not None:
+        coll = encode_id(collection_id, "collection_id")
+        scopes += [(tenant, SCOPE_RESOURCE, "vector_store", coll), (tenant, SCOPE_COLLECTION, coll)]
+    return scopes
+
+
+def resource_scopes(tenant_id: str, data_type: str, resource_id: Any) -> list[Scope]:
+    """One resource of a type, in every context (``resource_id="*"``: the whole type)."""
+    tenant = validate_tenant(tenant_id)
+    dtype = validate_data_type(data_type)
+    if resource_id == "*":
+        return [(tenant, SCOPE_TYPE, dtype)]
+    return [(tenant, SCOPE_RESOURCE, dtype, encode_id(resource_id))]
+
+
+def agent_scopes(tenant_id: str, agent_id: Any) -> list[Scope]:
+    """Everything cached in the agent's context, and its ``agent_config``."""
+    tenant = validate_tenant(tenant_id)
+    agent = encode_id(agent_id, "agent_id")
+    return [(tenant, SCOPE_AGENT, agent), (tenant, SCOPE_RESOURCE, "agent_config", agent)]
+
+
+def collection_scopes(tenant_id: str, collection_id: Any) -> list[Scope]:
+    """Everything cached in the collection's context, and its ``vector_store``."""
+    tenant = validate_tenant(tenant_id)
+    coll = encode_id(collection_id, "collection_id")
+    return [(tenant, SCOPE_COLLECTION, coll), (tenant, SCOPE_RESOURCE, "vector_store", coll)]
+
+
+def conversation_scopes(tenant_id: str, conversation_id: Any) -> list[Scope]:
+    tenant = validate_tenant(tenant_id)
+    return [(tenant, SCOPE_CONVERSATION, encode_id(conversation_id, "conversation_id"))]
+
+
+def tenant_scopes(tenant_id: str) -> list[Scope]:
+    return [(validate_tenant(tenant_id),)]
