@@ -13,6 +13,7 @@ from ._context import Context, with_context
 from ._coordinated import invalidate_document_update
 from ._events import EvictionEvent
 from ._keys import DATA_TYPE_PATTERN, TENANT_PATTERN, KeyPlan, build_plan
+from ._keys import validate_tenant as validate_tenant_id
 from ._manager import CacheManager
 from ._memory import MemoryTier
 from ._metrics import (
@@ -98,6 +99,7 @@ __all__ = [
     "resource_scopes",
     "serialize_for_cache",
     "tenant_scopes",
+    "validate_tenant_id",
     "track_cache_metrics",
     "ttl_for",
     "with_context",

@@ -217,9 +217,8 @@ class CacheManager:
     async def publish_eviction(self, tenant_id: str, scopes: list[Scope], gen_keys: list[str], reason: str) -> None:
         """Bump ``gen_keys`` and publish one event for ``scopes`` in one round trip, then evict locally."""
         event = EvictionEvent(tenant_id, tuple(scopes), next(self._seq), self.origin, reason)
-        channel = self.settings.eviction_channel if self.settings.subscriber_enabled else ""
         try:
-            await self.redis.script(INVALIDATE, gen_keys, [channel, event.to_json()])
+            await self.redis.script(INVALIDATE, gen_keys, [self.settings.eviction_channel, event.to_json()])
         finally:
             # Local memory goes whatever Redis said: never serve locally what we meant to drop.
             if self.memory is not None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._events import EvictionEvent
@@ -36,6 +37,8 @@ class EvictionSubscriber:
         self.malformed = 0
         self.errors = 0
         self.propagation_ms: deque[float] = deque(maxlen=4096)
+        # Called with each valid event after its eviction (for a service's own metrics or logs).
+        self.listeners: list[Callable[[EvictionEvent], Any]] = []
 
     @property
     def alive(self) -> bool:
@@ -118,3 +121,8 @@ class EvictionSubscriber:
             # (our own events were evicted locally when they were published)
             self.evicted += self.manager.memory.evict_scopes(event.scopes)
         self.propagation_ms.append(max(0.0, (time.time() - event.sent_at) * 1000.0))
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                self.manager.stats.error("eviction_listener")

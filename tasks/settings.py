@@ -17,9 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHARED_CACHE_WORKER_", extra="ignore")
 
-    broker_url: SecretStr = Field(
-        SecretStr("redis://localhost:6379/1"), description="Celery broker (Redis) URL."
-    )
+    broker_url: SecretStr = Field(SecretStr("redis://localhost:6379/1"), description="Celery broker (Redis) URL.")
     sources: list[Literal["postgres", "supabase", "redis"]] = Field(
         default_factory=lambda: ["postgres"], description="Change sources the listener runs (JSON list)."
     )
@@ -43,6 +41,10 @@ class WorkerSettings(BaseSettings):
         "shared_cache:changes", description="Redis pub/sub channel where services publish ChangeEvents."
     )
     rules_file: str = Field("", description="TOML file of table rules; empty = the built-in defaults.")
+    chunks_table: str = Field("document_chunks", description="Table warm_collection reads chunk texts from.")
+    chunks_text_column: str = Field("content", description="Column holding a chunk's text.")
+    chunks_tenant_column: str = Field("tenant_id", description="Column holding a chunk's tenant.")
+    chunks_collection_column: str = Field("collection_id", description="Column holding a chunk's collection.")
     coalesce_window_ms: int = Field(
         20, ge=0, description="Changes arriving within this window are planned and dispatched together."
     )

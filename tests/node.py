@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -17,21 +18,39 @@ import redis.asyncio as aredis
 from shared_cache import CacheManager, get_with_cache_aside
 
 
-def serve(conn: Connection, redis_url: str, prefix: str, channel: str, fetch_delay: float) -> None:
-    asyncio.run(_serve(conn, redis_url, prefix, channel, fetch_delay))
+def serve(conn: Connection, redis_url: str, prefix: str, channel: str, fetch_delay: float, dsn: str) -> None:
+    asyncio.run(_serve(conn, redis_url, prefix, channel, fetch_delay, dsn))
 
 
-async def _serve(conn: Connection, redis_url: str, prefix: str, channel: str, fetch_delay: float) -> None:
+async def _serve(conn: Connection, redis_url: str, prefix: str, channel: str, fetch_delay: float, dsn: str) -> None:
     mgr = CacheManager.configure(redis_url=redis_url, key_prefix=prefix, eviction_channel=channel, ttl_jitter=0.0)
     table = aredis.Redis.from_url(redis_url)
+    db: Any = None
+    if dsn:  # the documents table of a real Postgres
+        import psycopg
+
+        db = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    evictions: list[float] = []
+    mgr_start = mgr.start
+
+    async def start_and_watch() -> None:
+        await mgr_start()
+        if mgr.subscriber is not None:
+            mgr.subscriber.listeners.append(lambda event: evictions.append(time.time()))
 
     async def fetch(resource_id: str, tenant_id: str, ctx: Any) -> Any:
         await table.incr(f"{prefix}db_calls")
+        if db is not None:
+            cursor = await db.execute(
+                "SELECT title FROM documents WHERE tenant_id = %s AND id = %s", (tenant_id, resource_id)
+            )
+            row = await cursor.fetchone()
+            return None if row is None else {"v": row[0]}
         raw = await table.hget(f"{prefix}table", f"{tenant_id}/{resource_id}")
         await asyncio.sleep(fetch_delay)
         return None if raw is None else {"v": raw.decode()}
 
-    await mgr.start()
+    await start_and_watch()
     conn.send("ready")
     loop = asyncio.get_running_loop()
     while True:
@@ -49,16 +68,18 @@ async def _serve(conn: Connection, redis_url: str, prefix: str, channel: str, fe
             )
     await mgr.close()
     await table.aclose()
+    if db is not None:
+        await db.close()
     conn.send("stopped")
 
 
 class Node:
     """Handle on a node process."""
 
-    def __init__(self, redis_url: str, prefix: str, channel: str, fetch_delay: float = 0.0) -> None:
+    def __init__(self, redis_url: str, prefix: str, channel: str, fetch_delay: float = 0.0, dsn: str = "") -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=serve, args=(child, redis_url, prefix, channel, fetch_delay), daemon=True)
+        self.proc = ctx.Process(target=serve, args=(child, redis_url, prefix, channel, fetch_delay, dsn), daemon=True)
         self.proc.start()
         if not self.conn.poll(30):
             raise RuntimeError("node did not start")

@@ -1,0 +1,277 @@
+"""The worker end to end: real Postgres (logical slot), real Redis, a real Celery worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+import redis
+
+from shared_cache import CacheManager
+from tasks.settings import WorkerSettings
+from tests.celery_worker import CeleryWorker
+from tests.node import Node
+from tests.pg_server import PostgresServer
+from tests.redis_server import RedisServer
+from worker.app import make_app
+from worker.listener import Listener
+from worker.rules import DEFAULT_RULES, Planner
+from worker.sources.postgres import PostgresLogicalSource
+from worker.sources.redis_pubsub import RedisPubSubSource
+
+PREFIX = "wk:"
+CHANNEL = "wk:evictions"
+SCHEMA = """
+CREATE TABLE documents (id text PRIMARY KEY, tenant_id text, collection_id text, title text);
+CREATE TABLE document_chunks (id serial PRIMARY KEY, tenant_id text, document_id text, collection_id text,
+                              content text);
+CREATE TABLE agents (id text PRIMARY KEY, tenant_id text, name text);
+CREATE TABLE collections (id text PRIMARY KEY, tenant_id text);
+ALTER TABLE documents REPLICA IDENTITY FULL;
+ALTER TABLE document_chunks REPLICA IDENTITY FULL;
+ALTER TABLE agents REPLICA IDENTITY FULL;
+ALTER TABLE collections REPLICA IDENTITY FULL;
+"""
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def env(redis_url: str) -> dict[str, str]:
+    base = redis_url.rsplit("/", 1)[0]
+    return {
+        "SHARED_CACHE_REDIS_URL": redis_url,
+        "SHARED_CACHE_KEY_PREFIX": PREFIX,
+        "SHARED_CACHE_EVICTION_CHANNEL": CHANNEL,
+        "SHARED_CACHE_WORKER_BROKER_URL": f"{base}/1",
+        "SHARED_CACHE_WORKER_VISIBILITY_TIMEOUT_S": "5",
+    }
+
+
+@pytest.fixture(scope="module")
+def celery_worker(env: dict[str, str]) -> Iterator[CeleryWorker]:
+    worker = CeleryWorker(env, concurrency=2).start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+async def cache(env: dict[str, str]) -> AsyncIterator[CacheManager]:
+    mgr = CacheManager.configure(
+        redis_url=env["SHARED_CACHE_REDIS_URL"], key_prefix=PREFIX, eviction_channel=CHANNEL, ttl_jitter=0.0
+    )
+    yield mgr
+    await mgr.close()
+
+
+def settings(env: dict[str, str], **overrides: Any) -> WorkerSettings:
+    return WorkerSettings(broker_url=env["SHARED_CACHE_WORKER_BROKER_URL"], **overrides)
+
+
+@contextlib.asynccontextmanager
+async def running(listener: Listener) -> AsyncIterator[Listener]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(listener.run(stop))
+    await asyncio.wait_for(listener.ready.wait(), 20)
+    try:
+        yield listener
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def new_listener(env: dict[str, str], cache: CacheManager, **overrides: Any) -> Listener:
+    ws = settings(env, **overrides)
+    return Listener(ws, Planner(DEFAULT_RULES), make_app(ws), cache, env["SHARED_CACHE_REDIS_URL"])
+
+
+def pg_source(pg: PostgresServer, listener: Listener, slot: str) -> PostgresLogicalSource:
+    return PostgresLogicalSource(
+        pg.dsn, Planner(DEFAULT_RULES).tables, slot=slot, on_dead_letter=listener.on_dead_letter
+    )
+
+
+def execute(pg: PostgresServer, sql: str, *params: Any) -> None:
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(sql, params)
+
+
+async def wait_until(check: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def test_update_in_postgres_evicts_another_process_and_its_next_read_is_new(
+    pg: PostgresServer, env: dict[str, str], celery_worker: CeleryWorker, cache: CacheManager
+) -> None:
+    execute(pg, "INSERT INTO documents VALUES ('doc1', 't1', 'c1', 'v1')")
+    node = Node(env["SHARED_CACHE_REDIS_URL"], PREFIX, CHANNEL, dsn=pg.dsn)
+    try:
+        assert node.read("document", "doc1", "t1")[0] == {"v": "v1"}
+        assert node.read("document", "doc1", "t1")[1]["tier"] == "memory"
+        listener = new_listener(env, cache)
+        listener.add_source(pg_source(pg, listener, "e2e"))
+        async with running(listener):
+            execute(pg, "UPDATE documents SET title = 'v2' WHERE id = 'doc1'")  # source -> task -> generations
+            await wait_until(lambda: node.stats()["evicted"] >= 1)  # -> the other process's memory tier
+            value, metrics = node.read("document", "doc1", "t1")
+            assert value == {"v": "v2"} and metrics["source"] == "db"
+            assert listener.stats["invalidation_tasks"] >= 1
+    finally:
+        node.stop()
+
+
+async def test_changes_committed_while_the_listener_was_down_are_processed(
+    pg: PostgresServer, env: dict[str, str], celery_worker: CeleryWorker, cache: CacheManager
+) -> None:
+    listener = new_listener(env, cache)
+    listener.add_source(pg_source(pg, listener, "durable"))
+    async with running(listener):
+        execute(pg, "INSERT INTO agents VALUES ('a1', 't2', 'first')")
+        await wait_until(lambda: listener.stats["invalidation_tasks"] >= 1)
+    await cache.set("agent_config", "a1", {"name": "first"}, "t2")
+
+    execute(pg, "UPDATE agents SET name = 'second' WHERE id = 'a1'")  # nobody is listening now
+    assert await cache.get("agent_config", "a1", "t2") == {"name": "first"}
+
+    listener = new_listener(env, cache)
+    listener.add_source(pg_source(pg, listener, "durable"))
+    async with running(listener):
+        await wait_until(lambda: _is_none(cache.get("agent_config", "a1", "t2")))
+        assert listener.stats["events"] == 1  # only the missed change: the first one was confirmed
+
+
+async def _is_none(awaitable: Any) -> bool:
+    return await awaitable is None
+
+
+async def test_postgres_restart_loses_nothing(
+    pg: PostgresServer, env: dict[str, str], celery_worker: CeleryWorker, cache: CacheManager
+) -> None:
+    listener = new_listener(env, cache)
+    source = pg_source(pg, listener, "restart")
+    listener.add_source(source)
+    async with running(listener):
+        execute(pg, "INSERT INTO collections VALUES ('c9', 't3')")
+        await wait_until(lambda: listener.stats["invalidation_tasks"] >= 1)
+        await cache.set("vector_store", "c9", {"n": 1}, "t3")
+        pg.stop()
+        await asyncio.sleep(0.5)  # the source fails its polls and backs off
+        pg.start()
+        execute(pg, "UPDATE collections SET tenant_id = 't3' WHERE id = 'c9'")
+        await wait_until(lambda: _is_none(cache.get("vector_store", "c9", "t3")), within=20)
+        assert source.reconnects >= 1
+
+
+async def test_worker_killed_mid_task_loses_no_invalidation(
+    env: dict[str, str], celery_worker: CeleryWorker, cache: CacheManager, sync_redis: redis.Redis
+) -> None:
+    await cache.set("document", "dk", {"v": 1}, "t4")
+    app = make_app(settings(env))
+    marker = f"{PREFIX}attempts"
+    sync_redis.delete(marker)
+    app.send_task("tests.slow_invalidate", args=["t4", [["t4", "res", "document", "dk"]], "test", marker, 3.0])
+    await wait_until(lambda: sync_redis.llen(marker) == 1)
+    first_pid = int(sync_redis.lindex(marker, 0))  # type: ignore[arg-type]
+    os.kill(first_pid, signal.SIGKILL)  # the pool process dies mid-task
+    await wait_until(lambda: sync_redis.llen(marker) == 2, within=30)  # the message came back
+    assert int(sync_redis.lindex(marker, 1)) != first_pid  # type: ignore[arg-type]
+    await wait_until(lambda: _is_none(cache.get("document", "dk", "t4")), within=10)
+
+
+async def test_malformed_events_are_parked_and_the_listener_keeps_running(
+    env: dict[str, str], celery_worker: CeleryWorker, cache: CacheManager, sync_redis: redis.Redis
+) -> None:
+    listener = new_listener(env, cache, dead_letter_key=f"{PREFIX}dead")
+    source = RedisPubSubSource(
+        env["SHARED_CACHE_REDIS_URL"], f"{PREFIX}changes", Planner().tables, listener.on_gap, listener.on_dead_letter
+    )
+    listener.add_source(source)
+    await cache.set("agent_config", "a5", {"v": 1}, "t5")
+    async with running(listener):
+        await wait_until(lambda: source.subscriptions == 1)
+        for raw in (
+            b"{not json",
+            b'{"table": "agents", "type": "UPDATE", "record": {"id": "a5"}}',
+            b'{"table": "nope", "type": "UPDATE", "record": {"id": "a5", "tenant_id": "t5"}}',
+            b'{"table": "agents", "type": 7, "record": {}}',
+            b'{"table": "agents", "type": "UPDATE", "record": {"id": {"x": 1}, "tenant_id": "t5"}}',
+        ):
+            sync_redis.publish(f"{PREFIX}changes", raw)
+        sync_redis.publish(
+            f"{PREFIX}changes", b'{"table": "agents", "type": "UPDATE", "record": {"id": "a5", "tenant_id": "t5"}}'
+        )
+        await wait_until(lambda: _is_none(cache.get("agent_config", "a5", "t5")))
+    parked = [orjson.loads(raw) for raw in sync_redis.lrange(f"{PREFIX}dead", 0, -1)]
+    reasons = " | ".join(p["reason"] for p in parked)
+    assert len(parked) == 5, reasons
+    assert "invalid ChangeEvent" in reasons and "no rule for table public.nope" in reasons
+    assert "has no 'tenant_id' column value" in reasons and "must be a string or an integer" in reasons
+    assert all(p["source"] == "redis" and p["raw"] for p in parked)
+
+
+async def test_redis_restart_under_the_listener_reconnects_and_invalidates_conservatively(
+    env: dict[str, str],
+) -> None:
+    server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    mgr = CacheManager.configure(
+        redis_url=server.url, key_prefix=PREFIX, eviction_channel=CHANNEL, breaker_reset_seconds=0.1
+    )
+    try:
+        listener = new_listener({**env, "SHARED_CACHE_REDIS_URL": server.url}, mgr)
+        source = RedisPubSubSource(
+            server.url, f"{PREFIX}changes", Planner().tables, listener.on_gap, listener.on_dead_letter
+        )
+        listener.add_source(source)
+        async with running(listener):
+            await wait_until(lambda: source.subscriptions == 1)
+            await listener.redis.sadd("shared_cache:worker:tenants", "t6")
+            await mgr.set("document", "d6", {"v": 1}, "t6")
+            gaps = listener.stats["conservative_invalidations"]
+            server.stop()
+            await asyncio.sleep(0.3)
+            server.start()  # same port, data back from the append-only file
+            await wait_until(lambda: source.subscriptions == 2, within=20)
+            await wait_until(lambda: listener.stats["conservative_invalidations"] == gaps + 1)
+            await wait_until(lambda: _is_none(mgr.get("document", "d6", "t6")))  # covered by "documents"
+    finally:
+        await mgr.close()
+        server.cleanup()
+
+
+async def test_a_burst_of_chunk_updates_becomes_a_handful_of_tasks(
+    pg: PostgresServer, env: dict[str, str], celery_worker: CeleryWorker, cache: CacheManager
+) -> None:
+    listener = new_listener(env, cache, coalesce_window_ms=50)
+    listener.add_source(pg_source(pg, listener, "burst"))
+    # (the slot is created when the listener starts: the burst below comes after)
+    async with running(listener):
+        execute(
+            pg,
+            "INSERT INTO document_chunks (tenant_id, document_id, collection_id, content) "
+            "SELECT 't7', 'd7', 'c7', 'chunk ' || g FROM generate_series(1, 10000) g",
+        )
+        await wait_until(lambda: listener.stats["events"] >= 10_000, within=30)
+    assert listener.stats["invalidation_tasks"] <= 5, listener.stats

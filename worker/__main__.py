@@ -1,0 +1,65 @@
+"""``python -m worker``: run the change listener until Ctrl-C or SIGTERM.
+
+The Celery workers run separately: ``celery -A worker.app worker -Q invalidation,warming``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from shared_cache import CacheManager
+from worker.app import app as celery_app
+from worker.listener import Listener
+from worker.rules import Planner, load_rules
+from worker.settings import WorkerSettings
+from worker.sources.build import build_sources
+
+
+async def main(settings: WorkerSettings, status_every: float) -> None:
+    cache = CacheManager.configure(memory_enabled=False)
+    planner = Planner(load_rules(settings.rules_file))
+    listener = Listener(settings, planner, celery_app, cache, cache.settings.redis_url.get_secret_value())
+    for source in build_sources(settings, planner, listener, cache.settings.redis_url.get_secret_value()):
+        listener.add_source(source)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    names = ", ".join(s.name for s in listener.sources)
+    logging.info("listening to %s for %s", names, ", ".join(planner.tables))
+
+    async def status() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(status_every)
+            logging.info("status %s", dict(sorted(listener.stats.items())))
+
+    reporter = asyncio.create_task(status())
+    try:
+        await listener.run(stop)
+    finally:
+        reporter.cancel()
+        await cache.close()
+    logging.info("stopped; %s", dict(sorted(listener.stats.items())))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--status-every", type=float, default=10.0, help="seconds between status lines")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = WorkerSettings()
+    except ValueError as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(main(settings, args.status_every))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,173 @@
+"""The listener: change sources -> rules -> coalescing window -> Celery tasks -> confirm.
+
+Events from every source go through one queue. The first event of a window opens it; everything
+that arrives within ``coalesce_window_ms`` joins it; then the window is planned, its tasks are
+sent (and accepted by the broker), and only then are the sources' positions confirmed, so a crash
+at any point replays rather than loses (durable sources). Sources that can lose events report gaps,
+answered at once with a conservative invalidation of what they cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import redis.asyncio as aredis
+
+from shared_cache import CacheManager, validate_tenant_id
+from worker.coalesce import Window
+from worker.dead_letters import DeadLetters
+from worker.events import ChangeEvent
+from worker.rules import PlanError, Planner
+from worker.settings import WorkerSettings
+from worker.sources.base import ChangeSource
+
+log = logging.getLogger("shared_cache.worker")
+TENANTS_KEY = "shared_cache:worker:tenants"
+
+
+class Listener:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        planner: Planner,
+        celery_app: Any,
+        cache: CacheManager,
+        redis_url: str,
+    ) -> None:
+        self.settings = settings
+        self.planner = planner
+        self.celery = celery_app
+        self.cache = cache
+        self.redis = aredis.Redis.from_url(redis_url)
+        self.dead_letters = DeadLetters(self.redis, settings.dead_letter_key, settings.dead_letter_max)
+        self.sources: list[ChangeSource] = []
+        self.queue: asyncio.Queue[tuple[ChangeSource, ChangeEvent]] = asyncio.Queue(maxsize=50_000)
+        self.stats: Counter[str] = Counter()
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-send")
+        self._pumps: list[asyncio.Task[None]] = []
+        self.ready = asyncio.Event()  # set once every source is prepared and pumping
+
+    # -- callbacks given to sources ---------------------------------------------------------
+    async def on_dead_letter(self, source: str, raw: str, reason: str) -> None:
+        self.stats["dead_letters"] += 1
+        log.warning("dead letter from %s: %s", source, reason)
+        try:
+            await self.dead_letters.park(source, raw, reason)
+        except (aredis.ConnectionError, aredis.TimeoutError, OSError):
+            self.stats["dead_letters_lost"] += 1  # Redis is down: counted, and the listener goes on
+
+    async def on_gap(self, source: str, reason: str) -> None:
+        """A source may have lost changes: bump, for every known tenant, the types it covers."""
+        self.stats["conservative_invalidations"] += 1
+        tables = next((s.tables for s in self.sources if s.name == source), self.planner.tables)
+        types = sorted(
+            {t for rule in self.planner.rules.values() for t in rule.covered_types() if _qualified(rule) in tables}
+        )
+        tenants = await self.known_tenants()
+        log.warning("%s: %s; invalidating %s for %d tenants", source, reason, ",".join(types), len(tenants))
+        for tenant in tenants:
+            scopes = [(tenant, "type", data_type) for data_type in types]
+            await self.cache.invalidate_scopes(tenant, scopes, f"gap in {source}: {reason}")
+
+    async def known_tenants(self) -> list[str]:
+        members = await self.redis.smembers(TENANTS_KEY)
+        tenants = []
+        for raw in members:
+            with contextlib.suppress(ValueError):
+                tenants.append(validate_tenant_id(raw.decode()))
+        return sorted(tenants)
+
+    # -- running ----------------------------------------------------------------------------
+    def add_source(self, source: ChangeSource) -> None:
+        self.sources.append(source)
+
+    async def _pump(self, source: ChangeSource) -> None:
+        async for event in source.events():
+            await self.queue.put((source, event))
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        for source in self.sources:
+            prepare = getattr(source, "prepare", None)
+            if prepare is not None:
+                await prepare()
+        self._pumps = [asyncio.create_task(self._pump(s), name=f"source-{s.name}") for s in self.sources]
+        window_s = self.settings.coalesce_window_ms / 1000.0
+        self.ready.set()
+        try:
+            while not stop.is_set():
+                try:
+                    first = await asyncio.wait_for(self.queue.get(), timeout=0.2)
+                except TimeoutError:
+                    self._check_pumps()
+                    continue
+                batch = [first]
+                deadline = time.monotonic() + window_s
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        batch.append(await asyncio.wait_for(self.queue.get(), timeout=left))
+                    except TimeoutError:
+                        break
+                while not self.queue.empty() and len(batch) < 100_000:  # drain what is already here
+                    batch.append(self.queue.get_nowait())
+                await self.process(batch)
+        finally:
+            await self.close()
+
+    def _check_pumps(self) -> None:
+        for pump in self._pumps:
+            if pump.done() and not pump.cancelled() and pump.exception() is not None:
+                raise RuntimeError(f"{pump.get_name()} stopped") from pump.exception()
+
+    async def process(self, batch: list[tuple[ChangeSource, ChangeEvent]]) -> Window:
+        """Plan a window, send its tasks, then confirm each source's last position."""
+        window = Window()
+        positions: dict[ChangeSource, str] = {}
+        for source, event in batch:
+            self.stats["events"] += 1
+            try:
+                window.add(self.planner.plan(event))
+            except PlanError as exc:
+                await self.on_dead_letter(source.name, event.model_dump_json(by_alias=True), str(exc))
+            if event.position is not None:
+                positions[source] = event.position
+        if window:
+            await self.redis.sadd(TENANTS_KEY, *window.invalidations.keys(), *window.texts.keys())
+            await asyncio.get_running_loop().run_in_executor(self._sender, self._send, window)
+        for source, position in positions.items():
+            await source.confirm(position)
+        self.stats["windows"] += 1
+        return window
+
+    def _send(self, window: Window) -> None:
+        """Publish the window's tasks (blocking: kombu's producer; runs on the sender thread)."""
+        for tenant, scopes, reason in window.invalidation_tasks():
+            self.celery.send_task("shared_cache.invalidate", args=[tenant, scopes, reason], queue="invalidation")
+            self.stats["invalidation_tasks"] += 1
+        if self.settings.embedding_provider != "none":
+            for tenant, texts in window.warm_tasks(self.settings.embedding_batch_size):
+                self.celery.send_task("shared_cache.warm_texts", args=[tenant, texts], queue="warming")
+                self.stats["warm_tasks"] += 1
+
+    async def close(self) -> None:
+        for pump in self._pumps:
+            pump.cancel()
+        for pump in self._pumps:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+        for source in self.sources:
+            with contextlib.suppress(Exception):
+                await source.close()
+        self._sender.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+
+def _qualified(rule: Any) -> str:
+    return f"{rule.schema_}.{rule.table}"
