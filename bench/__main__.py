@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import invalidation, read_path, stale
+from bench import invalidation, read_path, stale, worker
 from shared_cache import CacheManager
 from tests.redis_server import RedisServer
 
@@ -33,6 +33,8 @@ async def run(quick: bool, url: str) -> list[tuple[str, str, str, str]]:
     read_path.codec(rows)
     print("-- stale reads", file=sys.stderr, flush=True)
     stale.stale_reads(rows, url, 3 if quick else 10)
+    print("-- worker", file=sys.stderr, flush=True)
+    await worker.worker_benchmarks(rows, url, quick)
     await CacheManager.get_instance().close()
     return rows
 

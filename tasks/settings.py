@@ -46,7 +46,7 @@ class WorkerSettings(BaseSettings):
     chunks_tenant_column: str = Field("tenant_id", description="Column holding a chunk's tenant.")
     chunks_collection_column: str = Field("collection_id", description="Column holding a chunk's collection.")
     coalesce_window_ms: int = Field(
-        20, ge=0, description="Changes arriving within this window are planned and dispatched together."
+        10, ge=0, description="Changes arriving within this window are planned and dispatched together."
     )
     dead_letter_key: str = Field("shared_cache:dead_letters", description="Redis list of parked bad events.")
     dead_letter_max: int = Field(10_000, ge=1, description="Most dead letters kept (oldest dropped).")

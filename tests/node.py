@@ -1,8 +1,9 @@
 """A library node in a process of its own, driven over a pipe (for multi-process tests).
 
 Commands: ("read", data_type, resource_id, tenant) -> (value, metrics); ("stats",) -> subscriber
-counters; ("stop",). The node's fetch function reads the row from a Redis hash that stands for the
-database table, and counts its calls there, so the test sees every process's database calls.
+counters and the time of each eviction; ("stop",). The node's fetch function reads the row from a
+real Postgres ``documents`` table when given a DSN, else from a Redis hash that stands for the table;
+it counts its calls in Redis, so the test sees every process's database calls.
 """
 
 from __future__ import annotations
@@ -64,7 +65,13 @@ async def _serve(conn: Connection, redis_url: str, prefix: str, channel: str, fe
         elif command[0] == "stats":
             sub = mgr.subscriber
             conn.send(
-                {"connects": sub.connects, "events": sub.events, "evicted": sub.evicted, "memory": len(mgr.memory)}
+                {
+                    "connects": sub.connects,
+                    "events": sub.events,
+                    "evicted": sub.evicted,
+                    "memory": len(mgr.memory),
+                    "eviction_times": list(evictions),  # wall clock of each event's eviction
+                }
             )
     await mgr.close()
     await table.aclose()
@@ -97,7 +104,7 @@ class Node:
         self.send("read", data_type, resource_id, tenant)
         return self.recv()  # type: ignore[no-any-return]
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         self.send("stats")
         return self.recv()  # type: ignore[no-any-return]
 

@@ -143,6 +143,7 @@ class Listener:
         for source, position in positions.items():
             await source.confirm(position)
         self.stats["windows"] += 1
+        self.stats["processed"] += len(batch)
         return window
 
     def _send(self, window: Window) -> None:
