@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import shared_cache
-from shared_cache import CacheManager, Context, InvalidKeyError, get_with_cache_aside, with_context
+from shared_cache import CacheManager, CacheSettings, Context, InvalidKeyError, get_with_cache_aside, with_context
 
 
 def test_all_is_exactly_the_public_names() -> None:
@@ -134,16 +134,19 @@ async def test_with_context() -> None:
         Context(tenant_id="bad tenant")
 
 
-def test_readme_settings_table_matches_the_model() -> None:
+@pytest.mark.parametrize("marker", ["settings-table", "worker-settings-table"])
+def test_readme_settings_tables_match_the_models(marker: str) -> None:
     import pathlib
     import re
 
     from shared_cache._settings import settings_table
+    from tasks.settings import WorkerSettings
 
+    model = WorkerSettings if marker.startswith("worker") else CacheSettings
     readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    block = re.search(r"<!-- settings-table -->\n(.*?)\n<!-- /settings-table -->", readme, re.S)
-    assert block is not None, "README.md has no settings table"
-    assert block.group(1) == settings_table(), "regenerate it: python -m shared_cache._settings"
+    block = re.search(rf"<!-- {marker} -->\n(.*?)\n<!-- /{marker} -->", readme, re.S)
+    assert block is not None, f"README.md has no {marker}"
+    assert block.group(1) == settings_table(model), "regenerate it from the settings model (settings_table)"
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
