@@ -19,7 +19,8 @@ class WorkerSettings(BaseSettings):
 
     broker_url: SecretStr = Field(SecretStr("redis://localhost:6379/1"), description="Celery broker (Redis) URL.")
     sources: list[Literal["postgres", "supabase", "redis"]] = Field(
-        default_factory=lambda: ["postgres"], description="Change sources the listener runs (JSON list)."
+        default_factory=lambda: ["postgres"],  # type: ignore[arg-type]
+        description="Change sources the listener runs (JSON list)."
     )
     database_url: SecretStr = Field(
         SecretStr("postgresql://postgres@localhost:5432/postgres"),

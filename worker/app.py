@@ -9,7 +9,7 @@ per process, and a visibility timeout after which a message held by a dead worke
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from tasks.settings import WorkerSettings
 from worker.sentry import init_sentry

@@ -36,8 +36,8 @@ class DeadLetters:
 
     async def pop_oldest(self) -> dict[str, Any] | None:
         raw = await self.client.rpop(self.key)
-        return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+        return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
 
     async def counts(self) -> dict[str, int]:
         raw = await self.client.hgetall(f"{self.key}:counts")
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}

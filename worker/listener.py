@@ -80,7 +80,7 @@ class Listener:
         tenants = []
         for raw in members:
             with contextlib.suppress(ValueError):
-                tenants.append(validate_tenant_id(raw.decode()))
+                tenants.append(validate_tenant_id(raw.decode() if isinstance(raw, bytes) else raw))
         return sorted(tenants)
 
     # -- running ----------------------------------------------------------------------------

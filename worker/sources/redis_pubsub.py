@@ -60,7 +60,7 @@ class RedisPubSubSource:
                 pass  # Redis restarting: reconnect below, and report the gap when subscribed again
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 with contextlib.suppress(Exception):
                     await client.aclose()
             await asyncio.sleep(backoff)
@@ -72,8 +72,9 @@ class RedisPubSubSource:
             event = ChangeEvent.model_validate_json(raw)
         except ValidationError as exc:
             self.malformed += 1
-            first = exc.errors()[0] if exc.errors() else {}
-            await self.on_dead_letter(self.name, text, f"invalid ChangeEvent: {first.get('msg', exc)}")
+            errors = exc.errors()
+            detail = errors[0]["msg"] if errors else str(exc)
+            await self.on_dead_letter(self.name, text, f"invalid ChangeEvent: {detail}")
             return None
         return event.model_copy(update={"source": self.name})
 
