@@ -542,7 +542,7 @@ class CacheManager:
         await self.redis.close()
 
     def __repr__(self) -> str:
-        return f"CacheManager(origin={self.origin!r}, memory={'on' if self.memory else 'off'})"
+        return f"CacheManager(origin={self.origin!r}, memory={'on' if self.memory is not None else 'off'})"
 
 
 def _number(raw: Any) -> int | float:

@@ -64,6 +64,22 @@ class RedisTier:
         self._last_state: LoopState | None = None
 
     def new_client(self) -> Redis:
+        """A client for commands: a cluster client when ``redis_cluster`` is set (every key of a
+        tenant shares its hash slot, so multi-key commands and scripts stay on one node)."""
+        if self.settings.redis_cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            return RedisCluster.from_url(  # type: ignore[return-value]
+                self.settings.redis_url.get_secret_value(),
+                socket_timeout=self.settings.socket_timeout_seconds,
+                socket_connect_timeout=self.settings.connect_timeout_seconds,
+                decode_responses=False,
+            )
+        return self.node_client()
+
+    def node_client(self) -> Redis:
+        """A plain client of the URL's server. The eviction subscriber uses one even on a cluster:
+        PUBLISH reaches every node, so subscribing on any one node hears every eviction."""
         from redis.asyncio import Redis
 
         return Redis.from_url(
@@ -106,12 +122,12 @@ class RedisTier:
         return result
 
     async def script(self, script: LuaScript, keys: list[str] | tuple[str, ...], args: list[Any]) -> Any:
-        """EVALSHA, loading the script once if the server does not know it yet."""
+        """EVALSHA; on a server that does not know the script yet, one EVAL, which caches it there
+        (on a cluster, on the node that owns the keys, which is where it will run again)."""
         try:
             return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await self.call("SCRIPT", "LOAD", script.source)
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.call("EVAL", script.source, len(keys), *keys, *args)
 
     async def close(self) -> None:
         """Close the current loop's client (others close with their loops)."""

@@ -91,7 +91,7 @@ class EvictionSubscriber:
             self._flush()  # no one listens any more: nothing local may outlive this
 
     async def _listen(self) -> None:
-        client = self.manager.redis.new_client()
+        client = self.manager.redis.node_client()
         pubsub = client.pubsub(ignore_subscribe_messages=False)
         try:
             await pubsub.subscribe(self.channel)

@@ -41,11 +41,11 @@ class BackendUnavailable(SharedCacheError):
 @contextmanager
 def map_backend_errors() -> Iterator[None]:
     """Translate redis-py and socket errors into :class:`BackendUnavailable` (the one seam)."""
-    from redis.exceptions import NoScriptError, RedisError
+    from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
     try:
         yield
     except NoScriptError:
         raise
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc

@@ -19,13 +19,19 @@ import redis.asyncio as aredis
 from shared_cache import CacheManager, get_with_cache_aside
 
 
-def serve(conn: Connection, redis_url: str, prefix: str, channel: str, fetch_delay: float, dsn: str) -> None:
-    asyncio.run(_serve(conn, redis_url, prefix, channel, fetch_delay, dsn))
+def serve(
+    conn: Connection, redis_url: str, prefix: str, channel: str, fetch_delay: float, dsn: str, cluster: bool
+) -> None:
+    asyncio.run(_serve(conn, redis_url, prefix, channel, fetch_delay, dsn, cluster))
 
 
-async def _serve(conn: Connection, redis_url: str, prefix: str, channel: str, fetch_delay: float, dsn: str) -> None:
-    mgr = CacheManager.configure(redis_url=redis_url, key_prefix=prefix, eviction_channel=channel, ttl_jitter=0.0)
-    table = aredis.Redis.from_url(redis_url)
+async def _serve(
+    conn: Connection, redis_url: str, prefix: str, channel: str, fetch_delay: float, dsn: str, cluster: bool
+) -> None:
+    mgr = CacheManager.configure(
+        redis_url=redis_url, key_prefix=prefix, eviction_channel=channel, ttl_jitter=0.0, redis_cluster=cluster
+    )
+    table: Any = (aredis.RedisCluster if cluster else aredis.Redis).from_url(redis_url)
     db: Any = None
     if dsn:  # the documents table of a real Postgres
         import psycopg
@@ -83,10 +89,20 @@ async def _serve(conn: Connection, redis_url: str, prefix: str, channel: str, fe
 class Node:
     """Handle on a node process."""
 
-    def __init__(self, redis_url: str, prefix: str, channel: str, fetch_delay: float = 0.0, dsn: str = "") -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        channel: str,
+        fetch_delay: float = 0.0,
+        dsn: str = "",
+        cluster: bool = False,
+    ) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=serve, args=(child, redis_url, prefix, channel, fetch_delay, dsn), daemon=True)
+        self.proc = ctx.Process(
+            target=serve, args=(child, redis_url, prefix, channel, fetch_delay, dsn, cluster), daemon=True
+        )
         self.proc.start()
         if not self.conn.poll(30):
             raise RuntimeError("node did not start")
