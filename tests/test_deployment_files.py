@@ -1,0 +1,62 @@
+"""The Procfile and docker-compose.yml name commands and modules that exist."""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import re
+import shlex
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _check_command(argv: list[str]) -> None:
+    if argv[:2] == ["python", "-m"]:
+        importlib.import_module(argv[2])
+    elif argv[0] == "celery":
+        assert argv[1] == "-A"
+        module = importlib.import_module(argv[2])
+        assert hasattr(module, "app"), f"{argv[2]} has no Celery app"
+        for i, arg in enumerate(argv):
+            if arg == "-Q":
+                assert set(argv[i + 1].split(",")) <= {"invalidation", "warming"}
+    elif argv[0] == "sh":
+        assert "celery -A worker.app" in argv[-1]
+    else:
+        pytest.fail(f"unknown command {argv}")
+
+
+def test_procfile_commands_exist() -> None:
+    lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()]
+    assert {line.split(":", 1)[0] for line in lines} >= {"listener", "invalidation", "warming"}
+    for line in lines:
+        _check_command(shlex.split(line.split(":", 1)[1]))
+
+
+def test_compose_commands_exist() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    commands = re.findall(r"command: (\[.*\])", text)
+    assert len(commands) >= 6
+    for raw in commands:
+        argv = [part.strip().strip('"') for part in raw.strip("[]").split('",')]
+        if argv[0] in ("redis-server", "postgres"):
+            continue
+        _check_command(argv)
+    for service in ("redis:", "postgres:", "listener:", "invalidation-worker:", "warming-worker:", "flower:"):
+        assert f"\n  {service}" in text
+    assert "wal_level=logical" in text and "healthcheck" in text
+
+
+def test_env_example_names_real_settings() -> None:
+    from shared_cache import CacheSettings
+    from tasks.settings import WorkerSettings
+
+    known = {f"SHARED_CACHE_{n.upper()}" for n in CacheSettings.model_fields} | {
+        f"SHARED_CACHE_WORKER_{n.upper()}" for n in WorkerSettings.model_fields
+    }
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        name = line.lstrip("# ").split("=", 1)[0]
+        if name.startswith("SHARED_CACHE_"):
+            assert name in known, name
