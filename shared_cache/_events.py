@@ -39,6 +39,7 @@ class EvictionEvent:
     origin: str
     reason: str = "invalidate"
     sent_at: float = field(default_factory=time.time)
+    caused_at: float | None = None  # wall clock of what caused it (a commit), when known
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -50,6 +51,7 @@ class EvictionEvent:
                 "origin": self.origin,
                 "reason": self.reason,
                 "sent_at": self.sent_at,
+                "caused_at": self.caused_at,
             }
         )
 
@@ -66,9 +68,16 @@ class EvictionEvent:
         scopes = data.get("scopes")
         if not isinstance(scopes, list) or not scopes:
             raise ValueError(f"eviction event has no scopes: {scopes!r}")
-        seq, origin, sent_at = data.get("seq"), data.get("origin"), data.get("sent_at")
+        seq, origin, sent_at, caused_at = (
+            data.get("seq"),
+            data.get("origin"),
+            data.get("sent_at"),
+            data.get("caused_at"),
+        )
         if not isinstance(seq, int) or not isinstance(origin, str) or not isinstance(sent_at, (int, float)):
             raise ValueError("eviction event needs int seq, str origin and numeric sent_at")
+        if caused_at is not None and not isinstance(caused_at, (int, float)):
+            raise ValueError("eviction event caused_at must be numeric when given")
         return cls(
             tenant_id=tenant,
             scopes=tuple(check_scope(s, tenant) for s in scopes),
@@ -76,4 +85,5 @@ class EvictionEvent:
             origin=origin,
             reason=str(data.get("reason", "invalidate")),
             sent_at=float(sent_at),
+            caused_at=None if caused_at is None else float(caused_at),
         )

@@ -214,9 +214,11 @@ class CacheManager:
             await self.redis.call("SREM", set_key, *gone)
         return len(stale)
 
-    async def publish_eviction(self, tenant_id: str, scopes: list[Scope], gen_keys: list[str], reason: str) -> None:
+    async def publish_eviction(
+        self, tenant_id: str, scopes: list[Scope], gen_keys: list[str], reason: str, caused_at: float | None = None
+    ) -> None:
         """Bump ``gen_keys`` and publish one event for ``scopes`` in one round trip, then evict locally."""
-        event = EvictionEvent(tenant_id, tuple(scopes), next(self._seq), self.origin, reason)
+        event = EvictionEvent(tenant_id, tuple(scopes), next(self._seq), self.origin, reason, caused_at=caused_at)
         try:
             await self.redis.script(INVALIDATE, gen_keys, [self.settings.eviction_channel, event.to_json()])
         finally:
@@ -391,13 +393,16 @@ class CacheManager:
         await self.publish_eviction(scopes[0][0], scopes, [gen_key(self.prefix, scopes[0])], "invalidate")
 
     @_singleton_method
-    async def invalidate_scopes(self, tenant_id: str, scopes: list[Scope], reason: str = "invalidate") -> None:
-        """Bump several scopes of one tenant at once (one round trip, one event)."""
+    async def invalidate_scopes(
+        self, tenant_id: str, scopes: list[Scope], reason: str = "invalidate", caused_at: float | None = None
+    ) -> None:
+        """Bump several scopes of one tenant at once (one round trip, one event). ``caused_at`` (the
+        commit time of the change behind it) lets every node measure commit-to-eviction latency."""
         tenant = validate_tenant(tenant_id)
         checked = [s for s in scopes if s and s[0] == tenant]
         if len(checked) != len(scopes):
             raise ValueError(f"every scope must belong to tenant {tenant!r}: {scopes!r}")
-        await self.publish_eviction(tenant, checked, [gen_key(self.prefix, s) for s in checked], reason)
+        await self.publish_eviction(tenant, checked, [gen_key(self.prefix, s) for s in checked], reason, caused_at)
 
     @_singleton_method
     async def invalidate_agent_complete(self, tenant_id: str, agent_id: Any) -> None:
@@ -527,6 +532,39 @@ class CacheManager:
 
         self.subscriber = EvictionSubscriber(self)
         await self.subscriber.start()
+
+    def stats_key(self, origin: str | None = None) -> str:
+        return f"{self.prefix}#stats:{origin or self.origin}"
+
+    def stats_report(self) -> dict[str, Any]:
+        """This process's stats: the snapshot, the memory tier, and what its subscriber measured."""
+        from ._metrics import _percentile
+
+        report: dict[str, Any] = {"origin": self.origin, "at": time.time(), **self.stats.snapshot()}
+        if self.memory is not None:
+            report["memory"] = {"entries": len(self.memory), "bytes": self.memory.bytes}
+        sub = self.subscriber
+        if sub is not None:
+            report["subscriber"] = {
+                "connects": sub.connects,
+                "events": sub.events,
+                "evicted": sub.evicted,
+                "malformed": sub.malformed,
+                "propagation_ms": {
+                    "p50": _percentile(list(sub.propagation_ms), 0.5),
+                    "p99": _percentile(list(sub.propagation_ms), 0.99),
+                },
+                "commit_to_evict_ms": {
+                    "p50": _percentile(list(sub.commit_to_evict_ms), 0.5),
+                    "p99": _percentile(list(sub.commit_to_evict_ms), 0.99),
+                    "count": len(sub.commit_to_evict_ms),
+                },
+            }
+        return report
+
+    async def publish_stats(self) -> None:
+        """Leave ``stats_report()`` in Redis for a minute (read by ``shared-cache stats``)."""
+        await self.redis.call("SET", self.stats_key(), orjson.dumps(self.stats_report()), "EX", 60)
 
     @property
     def listening(self) -> bool:

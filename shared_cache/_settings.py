@@ -15,9 +15,7 @@ class CacheSettings(BaseSettings):
         SecretStr("redis://localhost:6379/0"),
         description="redis://, rediss:// (TLS) or unix:///path.sock?db=0; user and password may be in the URL.",
     )
-    redis_cluster: bool = Field(
-        False, description="The URL names one node of a Redis Cluster: use a cluster client."
-    )
+    redis_cluster: bool = Field(False, description="The URL names one node of a Redis Cluster: use a cluster client.")
     key_prefix: str = Field("sc:", description="Prepended to every key, before the {tenant} hash tag.")
     memory_enabled: bool = Field(True, description="Keep an in-process memory tier in front of Redis.")
     memory_max_entries: int = Field(10_000, ge=1, description="Memory tier: most entries kept.")
@@ -40,6 +38,9 @@ class CacheSettings(BaseSettings):
     )
     eviction_channel: str = Field(
         "shared_cache:evictions", description="Pub/sub channel of memory-tier eviction events."
+    )
+    stats_publish_seconds: float = Field(
+        10.0, ge=0, description="How often a process leaves its stats in Redis for operators (0 = never)."
     )
     subscriber_enabled: bool = Field(
         True, description="Run the eviction subscriber (needed whenever the memory tier is on)."

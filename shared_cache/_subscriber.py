@@ -36,7 +36,9 @@ class EvictionSubscriber:
         self.evicted = 0
         self.malformed = 0
         self.errors = 0
-        self.propagation_ms: deque[float] = deque(maxlen=4096)
+        self.propagation_ms: deque[float] = deque(maxlen=4096)  # publish -> evicted here
+        self.commit_to_evict_ms: deque[float] = deque(maxlen=4096)  # the change's commit -> evicted here
+        self._stats_task: asyncio.Task[None] | None = None
         # Called with each valid event after its eviction (for a service's own metrics or logs).
         self.listeners: list[Callable[[EvictionEvent], Any]] = []
 
@@ -49,10 +51,22 @@ class EvictionSubscriber:
         self.loop = asyncio.get_running_loop()
         self.subscribed = asyncio.Event()
         self.task = self.loop.create_task(self._run(), name="shared_cache-eviction-subscriber")
+        if self.manager.settings.stats_publish_seconds > 0:
+            self._stats_task = self.loop.create_task(self._publish_stats(), name="shared_cache-stats")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.subscribed.wait(), wait)
 
+    async def _publish_stats(self) -> None:
+        """Every few seconds, leave this process's stats in Redis for operators (``shared-cache stats``)."""
+        while True:
+            await asyncio.sleep(self.manager.settings.stats_publish_seconds)
+            with contextlib.suppress(Exception):
+                await self.manager.publish_stats()
+
     async def stop(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            self._stats_task = None
         task, self.task = self.task, None
         if task is not None and not task.done():
             task.cancel()
@@ -61,6 +75,8 @@ class EvictionSubscriber:
 
     def stop_soon(self) -> None:
         """Cancel without waiting (from synchronous code, e.g. when the singleton is replaced)."""
+        if self._stats_task is not None and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._stats_task.cancel)
         task, self.task = self.task, None
         if task is not None and not task.done() and self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(task.cancel)
@@ -120,7 +136,10 @@ class EvictionSubscriber:
         if event.origin != self.manager.origin and self.manager.memory is not None:
             # (our own events were evicted locally when they were published)
             self.evicted += self.manager.memory.evict_scopes(event.scopes)
-        self.propagation_ms.append(max(0.0, (time.time() - event.sent_at) * 1000.0))
+        now = time.time()
+        self.propagation_ms.append(max(0.0, (now - event.sent_at) * 1000.0))
+        if event.caused_at is not None:
+            self.commit_to_evict_ms.append(max(0.0, (now - event.caused_at) * 1000.0))
         for listener in self.listeners:
             try:
                 listener(event)

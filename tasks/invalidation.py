@@ -32,8 +32,9 @@ def _scopes(tenant_id: str, scopes: list[list[str]]) -> list[tuple[str, ...]]:
 
 
 @shared_task(name="shared_cache.invalidate", queue="invalidation", **TASK_OPTIONS)
-def invalidate(tenant_id: str, scopes: list[list[str]], reason: str = "change") -> int:
-    """Bump ``scopes`` of ``tenant_id`` (one round trip) and publish one eviction event."""
+def invalidate(tenant_id: str, scopes: list[list[str]], reason: str = "change", caused_at: float | None = None) -> int:
+    """Bump ``scopes`` of ``tenant_id`` (one round trip) and publish one eviction event; ``caused_at``
+    is the commit time of the change, carried in the event for commit-to-eviction latency."""
     checked = _scopes(tenant_id, scopes)
-    run(CacheManager.get_instance().invalidate_scopes(tenant_id, checked, reason))
+    run(CacheManager.get_instance().invalidate_scopes(tenant_id, checked, reason, caused_at))
     return len(checked)

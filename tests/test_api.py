@@ -146,7 +146,7 @@ def test_readme_settings_tables_match_the_models(marker: str) -> None:
     readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     block = re.search(rf"<!-- {marker} -->\n(.*?)\n<!-- /{marker} -->", readme, re.S)
     assert block is not None, f"README.md has no {marker}"
-    assert block.group(1) == settings_table(model), "regenerate it from the settings model (settings_table)"
+    assert block.group(1) == settings_table(model), "regenerate it: python -m worker.readme"
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -78,7 +78,7 @@ def test_burst_of_chunk_updates_coalesces_to_one_task_per_tenant() -> None:
         row = {"id": i, "tenant_id": "t1", "document_id": "d1", "collection_id": "c1", "content": f"chunk {i % 50}"}
         window.add(planner.plan(event("document_chunks", record=row)))
     tasks = window.invalidation_tasks()
-    assert len(tasks) == 1 and tasks[0][0] == "t1" and len(tasks[0][1]) == 2
+    assert len(tasks) == 1 and tasks[0][0] == "t1" and len(tasks[0][1]) == 2 and tasks[0][3] is None
     warm = window.warm_tasks(batch_size=64)
     assert [len(texts) for _, texts in warm] == [50]  # 50 distinct texts, one batch
 

@@ -132,7 +132,8 @@ class Listener:
         for source, event in batch:
             self.stats["events"] += 1
             try:
-                window.add(self.planner.plan(event))
+                committed = event.commit_timestamp.timestamp() if event.commit_timestamp else None
+                window.add(self.planner.plan(event), committed)
             except PlanError as exc:
                 await self.on_dead_letter(source.name, event.model_dump_json(by_alias=True), str(exc))
             if event.position is not None:
@@ -148,8 +149,10 @@ class Listener:
 
     def _send(self, window: Window) -> None:
         """Publish the window's tasks (blocking: kombu's producer; runs on the sender thread)."""
-        for tenant, scopes, reason in window.invalidation_tasks():
-            self.celery.send_task("shared_cache.invalidate", args=[tenant, scopes, reason], queue="invalidation")
+        for tenant, scopes, reason, caused_at in window.invalidation_tasks():
+            self.celery.send_task(
+                "shared_cache.invalidate", args=[tenant, scopes, reason, caused_at], queue="invalidation"
+            )
             self.stats["invalidation_tasks"] += 1
         if self.settings.embedding_provider != "none":
             for tenant, texts in window.warm_tasks(self.settings.embedding_batch_size):
