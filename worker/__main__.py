@@ -35,7 +35,11 @@ async def main(settings: WorkerSettings, status_every: float) -> None:
     async def status() -> None:
         while not stop.is_set():
             await asyncio.sleep(status_every)
-            logging.info("status %s", dict(sorted(listener.stats.items())))
+            try:
+                report = await listener.publish_report()  # read by `shared-cache stats`
+            except Exception as exc:  # Redis away: still log locally
+                report = {"stats": dict(listener.stats), "error": str(exc)}
+            logging.info("status %s", report)
 
     reporter = asyncio.create_task(status())
     try:

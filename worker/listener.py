@@ -17,6 +17,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 import redis.asyncio as aredis
 
 from shared_cache import CacheManager, validate_tenant_id
@@ -29,6 +30,7 @@ from worker.sources.base import ChangeSource
 
 log = logging.getLogger("shared_cache.worker")
 TENANTS_KEY = "shared_cache:worker:tenants"
+STATS_KEY = "shared_cache:worker:stats"  # JSON of the running listener's counters (expires in 60 s)
 
 
 class Listener:
@@ -82,6 +84,26 @@ class Listener:
             with contextlib.suppress(ValueError):
                 tenants.append(validate_tenant_id(raw.decode() if isinstance(raw, bytes) else raw))
         return sorted(tenants)
+
+    async def report(self) -> dict[str, Any]:
+        """Counters, per-source details (slot lag for a durable source), for operators."""
+        sources = []
+        for source in self.sources:
+            entry: dict[str, Any] = {"name": source.name, "durable": source.durable}
+            for counter in ("received", "malformed", "reconnects", "subscriptions", "probe_failures"):
+                if hasattr(source, counter):
+                    entry[counter] = getattr(source, counter)
+            lag = getattr(source, "lag_bytes", None)
+            if lag is not None:
+                with contextlib.suppress(Exception):
+                    entry["slot_lag_bytes"] = await lag()
+            sources.append(entry)
+        return {"at": time.time(), "stats": dict(self.stats), "sources": sources}
+
+    async def publish_report(self) -> dict[str, Any]:
+        report = await self.report()
+        await self.redis.set(STATS_KEY, orjson.dumps(report), ex=60)
+        return report
 
     # -- running ----------------------------------------------------------------------------
     def add_source(self, source: ChangeSource) -> None:
