@@ -12,9 +12,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -166,3 +169,76 @@ class EmbeddedPostgres:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class EmbeddedCeleryWorker:
+    """``celery -A worker.app worker`` as a child process, with the settings in ``env``.
+
+    Ready when it logs that it is; its output is kept in ``lines``. ``include`` adds task modules.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        concurrency: int = 1,
+        queues: str = "invalidation,warming",
+        include: str = "",
+        cwd: Path | None = None,
+    ) -> None:
+        self.cwd = cwd or Path.cwd()
+        self.env = {**os.environ, **env}
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.cwd), self.env.get("PYTHONPATH", "")) if p)
+        self.concurrency = concurrency
+        self.queues = queues
+        self.include = include
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+
+    def start(self, timeout: float = 60) -> EmbeddedCeleryWorker:
+        args = [
+            sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", self.queues,
+            "-c", str(self.concurrency), "--pool", "prefork", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-l", "info", "-n", f"w{os.getpid()}.{id(self)}@%h",
+        ]  # fmt: skip
+        if self.include:
+            args += ["-I", self.include]
+        self.proc = subprocess.Popen(
+            args, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError("celery worker did not start:\n" + "".join(self.lines[-30:]))
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if " ready." in line:
+                self._ready.set()
+
+    def child_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def wait_for_line(self, text: str, timeout: float = 30) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
