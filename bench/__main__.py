@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import invalidation, read_path, stale, worker
+from bench import invalidation, read_path, stale, warming, worker
 from shared_cache import CacheManager
 from tests.redis_server import RedisServer
 
@@ -47,6 +47,8 @@ def main() -> None:
     server = RedisServer(extra=["--enable-debug-command", "yes"]).start()
     try:
         rows = asyncio.run(run(args.quick, server.url))
+        print("-- warming (local model)", file=sys.stderr, flush=True)
+        warming.warming(rows, server.url, args.quick)
     finally:
         server.cleanup()
     lines = [
