@@ -78,15 +78,41 @@ class RedisTier:
         return self.node_client()
 
     def node_client(self) -> Redis:
-        """A plain client of the URL's server. The eviction subscriber uses one even on a cluster:
-        PUBLISH reaches every node, so subscribing on any one node hears every eviction."""
+        """A plain client of the URL's server (or of the master the sentinels name). The eviction
+        subscriber uses one even on a cluster: PUBLISH reaches every node, so subscribing on any one
+        node hears every eviction."""
         from redis.asyncio import Redis
 
+        if self.settings.redis_sentinels and self.settings.redis_sentinel_service:
+            return self.sentinel_master()
         return Redis.from_url(
             self.settings.redis_url.get_secret_value(),
             socket_timeout=self.settings.socket_timeout_seconds,
             socket_connect_timeout=self.settings.connect_timeout_seconds,
             max_connections=self.settings.max_connections,
+            decode_responses=False,
+        )
+
+    def sentinel_master(self) -> Redis:
+        """A client of the current master, found through the sentinels (and again after a failover)."""
+        from redis.asyncio.connection import parse_url
+        from redis.asyncio.sentinel import Sentinel
+
+        s = self.settings
+        hosts = []
+        for item in s.redis_sentinels.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"redis_sentinels entry {item!r}: expected host:port")
+            hosts.append((host, int(port)))
+        url = parse_url(s.redis_url.get_secret_value())
+        timeouts = {"socket_timeout": s.socket_timeout_seconds, "socket_connect_timeout": s.connect_timeout_seconds}
+        sentinel = Sentinel(hosts, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+        return sentinel.master_for(  # type: ignore[no-any-return]
+            s.redis_sentinel_service,
+            db=url.get("db", 0),
+            username=url.get("username"),
+            password=url.get("password"),
             decode_responses=False,
         )
 

@@ -16,6 +16,10 @@ class CacheSettings(BaseSettings):
         description="redis://, rediss:// (TLS) or unix:///path.sock?db=0; user and password may be in the URL.",
     )
     redis_cluster: bool = Field(False, description="The URL names one node of a Redis Cluster: use a cluster client.")
+    redis_sentinels: str = Field(
+        "", description="Sentinels as host:port,host:port; with redis_sentinel_service, the master is asked of them."
+    )
+    redis_sentinel_service: str = Field("", description="Name of the master the sentinels monitor.")
     key_prefix: str = Field("sc:", description="Prepended to every key, before the {tenant} hash tag.")
     memory_enabled: bool = Field(True, description="Keep an in-process memory tier in front of Redis.")
     memory_max_entries: int = Field(10_000, ge=1, description="Memory tier: most entries kept.")
