@@ -275,3 +275,55 @@ async def test_a_burst_of_chunk_updates_becomes_a_handful_of_tasks(
         )
         await wait_until(lambda: listener.stats["events"] >= 10_000, within=30)
     assert listener.stats["invalidation_tasks"] <= 5, listener.stats
+
+
+async def test_new_chunks_are_warmed_by_a_warming_worker_with_the_local_model(
+    pg: PostgresServer, env: dict[str, str], celery_worker: CeleryWorker, cache: CacheManager
+) -> None:
+    """INSERT a chunk -> listener -> warm_texts task -> a warming worker embeds it (all-MiniLM-L6-v2,
+    offline) -> the embedding is in the cache for every service."""
+    warming_env = {**env, "SHARED_CACHE_WORKER_EMBEDDING_PROVIDER": "local", "HF_HUB_OFFLINE": "1"}
+    warmer = CeleryWorker(warming_env, concurrency=1, queues="warming").start()
+    try:
+        listener = new_listener(env, cache, embedding_provider="local")
+        listener.add_source(pg_source(pg, listener, "warming"))
+        async with running(listener):
+            execute(
+                pg,
+                "INSERT INTO document_chunks (tenant_id, document_id, collection_id, content) VALUES (%s, %s, %s, %s)",
+                "t8", "d8", "c8", "Redis keeps the embeddings of every chunk",
+            )  # fmt: skip
+            await wait_until(lambda: listener.stats["warm_tasks"] >= 1)
+            found: list[Any] = []
+
+            async def warmed() -> bool:
+                found[:] = [
+                    await cache.get_embedding("Redis keeps the embeddings of every chunk", "all-MiniLM-L6-v2", "t8")
+                ]
+                return found[0] is not None
+
+            await wait_until(warmed, within=90)  # the worker loads the model on its first task
+            assert len(found[0]) == 384
+    finally:
+        warmer.stop()
+
+
+async def test_warm_collection_task_embeds_every_chunk_once(
+    pg: PostgresServer, env: dict[str, str], cache: CacheManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.warming import warm_collection
+
+    for i in range(5):
+        execute(
+            pg,
+            "INSERT INTO document_chunks (tenant_id, document_id, collection_id, content) VALUES (%s, %s, %s, %s)",
+            "t9", "d9", "c9", f"collection chunk number {i}",
+        )  # fmt: skip
+    for name, value in {**env, "SHARED_CACHE_WORKER_DATABASE_URL": pg.dsn, "HF_HUB_OFFLINE": "1",
+                        "SHARED_CACHE_WORKER_EMBEDDING_PROVIDER": "local"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    first = await asyncio.to_thread(warm_collection.run, "t9", "c9")
+    assert first == {"texts": 5, "cache_hits": 0, "generated": 5}
+    second = await asyncio.to_thread(warm_collection.run, "t9", "c9")
+    assert second == {"texts": 5, "cache_hits": 5, "generated": 0}
+    assert len(await cache.get_embedding("collection chunk number 3", "all-MiniLM-L6-v2", "t9") or []) == 384
