@@ -65,8 +65,26 @@ class Listener:
             self.stats["dead_letters_lost"] += 1  # Redis is down: counted, and the listener goes on
 
     async def on_gap(self, source: str, reason: str) -> None:
-        """A source may have lost changes: bump, for every known tenant, the types it covers."""
+        """A source may have lost changes: bump, for every known tenant, the types it covers.
+
+        Never raises (a source's loop calls it): Redis just came back and may refuse a first
+        command or two, so it retries with backoff, and counts a failure if Redis stays away.
+        """
         self.stats["conservative_invalidations"] += 1
+        backoff = 0.05
+        for _ in range(8):
+            try:
+                await self._invalidate_covered(source, reason)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("conservative invalidation for %s failed (%s); retrying", source, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.stats["conservative_invalidation_failures"] += 1
+
+    async def _invalidate_covered(self, source: str, reason: str) -> None:
         tables = next((s.tables for s in self.sources if s.name == source), self.planner.tables)
         types = sorted(
             {t for rule in self.planner.rules.values() for t in rule.covered_types() if _qualified(rule) in tables}
@@ -120,6 +138,7 @@ class Listener:
             if prepare is not None:
                 await prepare()
         self._pumps = [asyncio.create_task(self._pump(s), name=f"source-{s.name}") for s in self.sources]
+        self._pumps.append(asyncio.create_task(self.watch_redis(), name="redis-watch"))
         window_s = self.settings.coalesce_window_ms / 1000.0
         self.ready.set()
         try:
@@ -143,7 +162,7 @@ class Listener:
             await self.close()
 
     def _check_pumps(self) -> None:
-        for pump in self._pumps:
+        for pump in self._pumps:  # (the Redis watch never ends by itself either)
             if pump.done() and not pump.cancelled() and pump.exception() is not None:
                 raise RuntimeError(f"{pump.get_name()} stopped") from pump.exception()
 
@@ -160,14 +179,49 @@ class Listener:
                 await self.on_dead_letter(source.name, event.model_dump_json(by_alias=True), str(exc))
             if event.position is not None:
                 positions[source] = event.position
-        if window:
-            await self.redis.sadd(TENANTS_KEY, *window.invalidations.keys(), *window.texts.keys())
-            await asyncio.get_running_loop().run_in_executor(self._sender, self._send, window)
-        for source, position in positions.items():
-            await source.confirm(position)
+        await self.deliver(window, positions)
         self.stats["windows"] += 1
         self.stats["processed"] += len(batch)
         return window
+
+    async def deliver(self, window: Window, positions: dict[ChangeSource, str]) -> None:
+        """Send the window's tasks, then confirm; while the broker or Postgres is away, retry with
+        backoff (nothing is confirmed before it went through, so nothing is lost; a task sent twice
+        is harmless: tasks are idempotent)."""
+        backoff = 0.1
+        while True:
+            try:
+                if window:
+                    await self.redis.sadd(TENANTS_KEY, *window.invalidations.keys(), *window.texts.keys())
+                    await asyncio.get_running_loop().run_in_executor(self._sender, self._send, window)
+                for source, position in positions.items():
+                    await source.confirm(position)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats["delivery_retries"] += 1
+                log.warning("could not deliver a window (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def watch_redis(self, every: float = 1.0) -> None:
+        """A Redis restart may have dropped queued tasks (and its pub/sub messages): when the
+        server's run id changes, every source gets a conservative invalidation."""
+        run_id = None
+        while True:
+            try:
+                current = (await self.redis.info("server"))["run_id"]
+            except Exception:
+                await asyncio.sleep(every)
+                continue  # down: we will see the new run id when it is back
+            if run_id is not None and current != run_id:
+                self.stats["redis_restarts"] += 1
+                for source in self.sources:
+                    with contextlib.suppress(Exception):
+                        await self.on_gap(source.name, "Redis restarted: queued tasks may be lost")
+            run_id = current
+            await asyncio.sleep(every)
 
     def _send(self, window: Window) -> None:
         """Publish the window's tasks (blocking: kombu's producer; runs on the sender thread)."""
