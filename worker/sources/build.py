@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from worker.rules import Planner
@@ -37,7 +39,37 @@ def build_sources(settings: WorkerSettings, planner: Planner, listener: Listener
                 )
             )
         elif name == "supabase":
-            from worker.sources.supabase import build_supabase_source
+            from worker.sources.supabase import SupabaseRealtimeSource
 
-            sources.append(build_supabase_source(settings, planner, listener))
+            tables = [table for (schema, table) in planner.rules if schema == "public"]
+            sources.append(
+                SupabaseRealtimeSource.from_settings(
+                    settings,
+                    tables,
+                    on_gap=listener.on_gap,
+                    on_dead_letter=listener.on_dead_letter,
+                    touch_heartbeat=rest_heartbeat(settings),
+                )
+            )
     return sources
+
+
+def rest_heartbeat(settings: WorkerSettings) -> Callable[[], Awaitable[None]]:
+    """Upsert the heartbeat row through Supabase's REST API (PostgREST), as the probe needs."""
+    import httpx
+
+    url = f"{settings.supabase_url.rstrip('/')}/rest/v1/{settings.realtime_heartbeat_table}"
+    key = settings.supabase_key.get_secret_value()
+    headers = {
+        "apikey": key,
+        "Authorization": f"Bearer {key}",
+        "Prefer": "resolution=merge-duplicates,return=minimal",
+    }
+
+    async def touch() -> None:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            beat = datetime.now(UTC).isoformat()
+            response = await client.post(url, headers=headers, json={"id": 1, "beat": beat})
+            response.raise_for_status()
+
+    return touch
