@@ -263,9 +263,9 @@ class RealtimeStandIn:
     async def stop(self) -> None:
         """Stop polling, close every socket, drop the slot."""
         if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            while not self._poller.done():  # re-cancel: a cancellation racing a result can be swallowed
+                self._poller.cancel()
+                await asyncio.wait({self._poller}, timeout=0.5)
             self._poller = None
         if self._server is not None:
             self._server.close()

@@ -43,6 +43,8 @@ CREATE TABLE {HEARTBEAT} (id int PRIMARY KEY, beat bigint NOT NULL DEFAULT 0);
 INSERT INTO {HEARTBEAT} (id) VALUES (1);
 """
 WAIT = 10.0
+# realtime's own reconnect path reads ConnectionClosed.code/.reason, deprecated in websockets 13.1: not ours
+pytestmark = pytest.mark.filterwarnings("ignore:ConnectionClosed.*is deprecated:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +158,7 @@ def test_realtime_url_is_derived_like_supabase_py() -> None:
     assert realtime_url("https://abc.supabase.co/") == "wss://abc.supabase.co/realtime/v1"
     assert realtime_url("http://127.0.0.1:54321") == "ws://127.0.0.1:54321/realtime/v1"
     assert realtime_url("wss://abc.supabase.co/realtime/v1") == "wss://abc.supabase.co/realtime/v1"
+    assert realtime_url("wss://abc.supabase.co/realtime/v1/websocket") == "wss://abc.supabase.co/realtime/v1"
     with pytest.raises(ValueError):
         realtime_url("postgresql://localhost/db")
 

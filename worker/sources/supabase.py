@@ -82,12 +82,14 @@ def realtime_url(url: str) -> str:
     """The realtime endpoint for a Supabase project URL, derived as supabase-py does.
 
     ``https://<ref>.supabase.co`` -> ``wss://<ref>.supabase.co/realtime/v1`` (``http`` -> ``ws``);
-    a ``ws``/``wss`` URL is taken as the realtime endpoint itself. The client appends ``/websocket``.
+    a ``ws``/``wss`` URL is taken as the realtime endpoint itself (without ``/websocket``, which the
+    client appends).
     """
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme in ("ws", "wss"):
-        return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        path = parts.path.rstrip("/").removesuffix("/websocket")
+        return urlunsplit((scheme, parts.netloc, path, "", ""))
     if scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("expected a Supabase project URL (https://...) or a realtime URL (wss://...)")
     path = parts.path.rstrip("/")
