@@ -23,6 +23,7 @@ from ._metrics import (
     METRIC_LATENCY,
     CacheStats,
 )
+from ._prometheus import CacheCollector, register_metrics
 from ._scopes import (
     agent_scopes,
     collection_scopes,
@@ -74,6 +75,7 @@ __all__ = [
     "TTL_SHORT",
     "TTL_STANDARD",
     "BackendUnavailable",
+    "CacheCollector",
     "CacheManager",
     "CacheSettings",
     "CacheStats",
@@ -96,6 +98,7 @@ __all__ = [
     "get_embeddings_batch_with_cache",
     "get_with_cache_aside",
     "invalidate_document_update",
+    "register_metrics",
     "resource_scopes",
     "serialize_for_cache",
     "tenant_scopes",

@@ -20,7 +20,7 @@ class WorkerSettings(BaseSettings):
     broker_url: SecretStr = Field(SecretStr("redis://localhost:6379/1"), description="Celery broker (Redis) URL.")
     sources: list[Literal["postgres", "supabase", "redis"]] = Field(
         default_factory=lambda: ["postgres"],  # type: ignore[arg-type]
-        description="Change sources the listener runs (JSON list)."
+        description="Change sources the listener runs (JSON list).",
     )
     database_url: SecretStr = Field(
         SecretStr("postgresql://postgres@localhost:5432/postgres"),
@@ -63,4 +63,5 @@ class WorkerSettings(BaseSettings):
     visibility_timeout_s: int = Field(
         300, ge=1, description="Seconds before an unacknowledged task (its worker died) is delivered again."
     )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of the listener's Prometheus metrics (0 = off).")
     sentry_dsn: SecretStr = Field(SecretStr(""), description="Sentry DSN; empty disables Sentry.")

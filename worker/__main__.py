@@ -42,10 +42,17 @@ async def main(settings: WorkerSettings, status_every: float) -> None:
             logging.info("status %s", report)
 
     reporter = asyncio.create_task(status())
+    if settings.metrics_port:
+        from worker.metrics import serve_metrics
+
+        metrics = asyncio.create_task(serve_metrics(listener, settings.metrics_port))
+        logging.info("metrics on http://0.0.0.0:%d/metrics", settings.metrics_port)
     try:
         await listener.run(stop)
     finally:
         reporter.cancel()
+        if settings.metrics_port:
+            metrics.cancel()
         await cache.close()
     logging.info("stopped; %s", dict(sorted(listener.stats.items())))
 
