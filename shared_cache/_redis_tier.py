@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ._breaker import CircuitBreaker
 from ._settings import CacheSettings
-from .errors import BackendUnavailable, map_backend_errors
+from .errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -42,6 +42,7 @@ class LuaScript:
 
 
 LEASE = LuaScript.load("lease")
+BACKEND_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 WRITE = LuaScript.load("write")
 WRITE_BATCH = LuaScript.load("write_batch")
 INVALIDATE = LuaScript.load("invalidate")
@@ -132,19 +133,19 @@ class RedisTier:
 
     async def call(self, *args: Any) -> Any:
         """Run one Redis command through the breaker and the error seam."""
-        if not self.breaker.allow():
+        breaker = self.breaker
+        if breaker.failures and not breaker.allow():
             raise BackendUnavailable("circuit breaker open: Redis skipped")
         client = self.state().client
         try:
-            with map_backend_errors():
-                result = await client.execute_command(*args)  # type: ignore[no-untyped-call]
-        except BackendUnavailable:
-            self.breaker.failure()
-            raise
+            result = await client.execute_command(*args)  # type: ignore[no-untyped-call]
         except NoScriptError:
-            self.breaker.success()  # the server answered: it is up
+            breaker.failures = 0  # the server answered: it is up
             raise
-        self.breaker.success()
+        except BACKEND_ERRORS as exc:  # the seam: as errors.map_backend_errors, inlined on the hot path
+            breaker.failure()
+            raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        breaker.failures = 0
         return result
 
     async def script(self, script: LuaScript, keys: list[str] | tuple[str, ...], args: list[Any]) -> Any:

@@ -41,11 +41,13 @@ class BackendUnavailable(SharedCacheError):
 @contextmanager
 def map_backend_errors() -> Iterator[None]:
     """Translate redis-py and socket errors into :class:`BackendUnavailable` (the one seam)."""
-    from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+    from redis.exceptions import NoScriptError
+
+    from ._redis_tier import BACKEND_ERRORS
 
     try:
         yield
     except NoScriptError:
         raise
-    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+    except BACKEND_ERRORS as exc:
         raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
