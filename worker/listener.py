@@ -230,6 +230,8 @@ class Listener:
                 "shared_cache.invalidate", args=[tenant, scopes, reason, caused_at], queue="invalidation"
             )
             self.stats["invalidation_tasks"] += 1
+            for scope in scopes:  # invalidations by scope kind, for operators (worker.metrics)
+                self.stats[f"scopes:{scope[1] if len(scope) > 1 else 'tenant'}"] += 1
         if self.settings.embedding_provider != "none":
             for tenant, texts in window.warm_tasks(self.settings.embedding_batch_size):
                 self.celery.send_task("shared_cache.warm_texts", args=[tenant, texts], queue="warming")

@@ -138,9 +138,7 @@ class _WorkerFamilies:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         self.counters = {key: CounterMetricFamily(name, doc) for key, (name, doc) in _COUNTERS.items()}
-        self.tasks = CounterMetricFamily(
-            "shared_cache_worker_tasks", "Celery tasks sent, by queue.", labels=["queue"]
-        )
+        self.tasks = CounterMetricFamily("shared_cache_worker_tasks", "Celery tasks sent, by queue.", labels=["queue"])
         self.scopes = CounterMetricFamily(
             "shared_cache_worker_invalidated_scopes",
             "Scopes sent for invalidation, by kind (tenant, type, res, agent, conv, coll).",
@@ -201,23 +199,31 @@ def make_registry(listener: Listener, loop: asyncio.AbstractEventLoop | None = N
     return registry
 
 
-def serve_metrics(
+async def serve_metrics(
     listener: Listener, port: int, addr: str = "0.0.0.0", registry: CollectorRegistry | None = None
-) -> tuple[Any, threading.Thread]:
-    """Serve ``/metrics`` for ``listener`` on ``addr:port``; returns prometheus_client's
-    ``(server, thread)`` (``server.shutdown()`` stops it).
+) -> None:
+    """Serve ``/metrics`` for ``listener`` on ``addr:port`` until cancelled, then stop the server.
 
-    Call it from the listener's event loop (``python -m worker`` does) so that slot lag can be
-    measured at scrape time; from elsewhere the lag is whatever the collector last measured.
+    Run it as a task on the listener's event loop (``asyncio.create_task(serve_metrics(...))``, as
+    ``python -m worker`` does): prometheus_client's HTTP server answers on a thread of its own, and
+    slot lag is measured on this loop at scrape time.
     """
     from prometheus_client import start_http_server
 
-    loop: asyncio.AbstractEventLoop | None = None
-    with contextlib.suppress(RuntimeError):
-        loop = asyncio.get_running_loop()
+    loop = asyncio.get_running_loop()
     if registry is None:
         registry = make_registry(listener, loop)
     else:
         registry.register(ListenerCollector(listener, loop))
     server, thread = start_http_server(port, addr=addr, registry=registry)
-    return server, thread
+    try:
+        await asyncio.Event().wait()  # until cancelled
+    finally:
+        # shutdown() waits for the serving thread's poll (up to 0.5 s): off the loop.
+        await asyncio.shield(asyncio.to_thread(_stop, server, thread))
+
+
+def _stop(server: Any, thread: threading.Thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
