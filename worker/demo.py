@@ -203,7 +203,8 @@ class Demo:
             server = EmbeddedRedis().start()
             self.servers.append(server)
             redis_url = server.url
-            say(f"redis      : started on port {server.port} (pid {server.proc.pid if server.proc else '?'})")
+            pid = server.proc.pid if server.proc else "?"
+            say(f"redis      : started on port {server.port} (pid {pid}, {server.dir})")
         dsn = os.environ.get("SHARED_CACHE_WORKER_DATABASE_URL", "")
         if dsn:
             say(f"postgres   : using {_mask(dsn)}")
@@ -211,7 +212,7 @@ class Demo:
             pg = EmbeddedPostgres().start()
             self.servers.append(pg)
             dsn = pg.dsn
-            say(f"postgres   : started on port {pg.port} (wal_level=logical)")
+            say(f"postgres   : started on port {pg.port} (wal_level=logical, {pg.dir})")
         return redis_url, dsn
 
     def env(self, redis_url: str, dsn: str) -> dict[str, str]:
