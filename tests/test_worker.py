@@ -151,6 +151,7 @@ async def test_changes_committed_while_the_listener_was_down_are_processed(
     async with running(listener):
         execute(pg, "INSERT INTO agents VALUES ('a1', 't2', 'first')")
         await wait_until(lambda: listener.stats["invalidation_tasks"] >= 1)
+    await wait_until(lambda: broker_drained(env))  # that invalidation has run: it cannot hit what we set now
     await cache.set("agent_config", "a1", {"name": "first"}, "t2")
 
     execute(pg, "UPDATE agents SET name = 'second' WHERE id = 'a1'")  # nobody is listening now
@@ -161,6 +162,14 @@ async def test_changes_committed_while_the_listener_was_down_are_processed(
     async with running(listener):
         await wait_until(lambda: _is_none(cache.get("agent_config", "a1", "t2")))
         assert listener.stats["events"] == 1  # only the missed change: the first one was confirmed
+
+
+def broker_drained(env: dict[str, str]) -> bool:
+    broker = redis.Redis.from_url(env["SHARED_CACHE_WORKER_BROKER_URL"])
+    try:
+        return not broker.llen("invalidation") and not broker.hlen("unacked")
+    finally:
+        broker.close()
 
 
 async def _is_none(awaitable: Any) -> bool:

@@ -53,6 +53,7 @@ async def main(settings: WorkerSettings, status_every: float) -> None:
         reporter.cancel()
         if settings.metrics_port:
             metrics.cancel()
+            await asyncio.gather(metrics, return_exceptions=True)
         await cache.close()
     logging.info("stopped; %s", dict(sorted(listener.stats.items())))
 

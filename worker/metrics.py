@@ -11,14 +11,13 @@ server on a thread of its own and exposes, on a registry of its own:
 - the listener's own cache counters (``shared_cache_*``: Redis errors of its invalidations), and
   the process, platform and GC collectors of prometheus_client.
 
-The listener's counters are plain ``Counter`` keys: a key the listener never incremented is absent
-(a counter starts existing at its first increment), which Prometheus handles as a new series.
+Counters the listener has not incremented yet are exposed as 0, so alert expressions always find a
+series (the listener's ``Counter`` only has a key from its first increment).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -93,8 +92,7 @@ class ListenerCollector:
         listener = self.listener
         stats = _copy_counter(listener.stats)
         for key, family in f.counters.items():
-            if key in stats:
-                family.add_metric([], stats[key])
+            family.add_metric([], stats.get(key, 0))  # 0 before the first one: alerts see a series
         for key, queue in _TASKS.items():
             f.tasks.add_metric([queue], stats.get(key, 0))
         for key, count in sorted(stats.items()):
@@ -125,7 +123,7 @@ class ListenerCollector:
             future = asyncio.run_coroutine_threadsafe(source.lag_bytes(), loop)
             try:
                 self.last_lag[source.name] = int(future.result(self.lag_timeout))
-            except (concurrent.futures.TimeoutError, Exception):
+            except Exception:  # a timeout, or Postgres away
                 future.cancel()
                 self.lag_errors += 1  # Postgres slow or away: the last value is shown, and counted
         return self.last_lag.get(source.name)
@@ -184,12 +182,8 @@ def _copy_counter(stats: Any) -> dict[str, int]:
 
 def make_registry(listener: Listener, loop: asyncio.AbstractEventLoop | None = None) -> CollectorRegistry:
     """A registry with the listener's collector, its cache's, and the process/platform/GC collectors."""
-    from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
-    from prometheus_client.gc_collector import GCCollector
-    from prometheus_client.platform_collector import PlatformCollector
-    from prometheus_client.process_collector import ProcessCollector
+    from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-    del GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR  # (the global ones live on the global registry)
     registry = CollectorRegistry()
     registry.register(ListenerCollector(listener, loop))
     registry.register(CacheCollector(listener.cache))
