@@ -119,7 +119,7 @@ async def get_with_cache_aside(
             return value, metrics
         first = None  # the entry was corrupt and is gone: look again
     read = _Read(manager, plan, ident, ctx, ttl, serializer, deserializer)
-    value, metrics = await read.single_flight(fetch_from_db_func, generate_func, first)
+    value, metrics = await read.single_flight(fetch_from_db_func, generate_func, first, seq)
     latency = (perf_counter() - start) * 1000.0
     metrics["latency_ms"] = latency
     if metrics["source"] == "cache":
@@ -179,8 +179,10 @@ class _Read:
         self.ttl, self.serializer, self.deserializer = ttl, serializer, deserializer
 
     async def single_flight(
-        self, fetch: Loader, generate: Loader | None, first: Lookup | bool | None = None
+        self, fetch: Loader, generate: Loader | None, first: Lookup | bool | None = None, seq: int | None = None
     ) -> tuple[Any, Metrics]:
+        """``first``: the caller's lookup; ``seq``: the memory tier's eviction count read before it (a
+        value is kept in memory only if no eviction came in since, whatever it was for)."""
         inflight = self.manager.redis.state().inflight
         leader = inflight.get(self.ident)
         if leader is not None:
@@ -191,7 +193,7 @@ class _Read:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         inflight[self.ident] = future
         try:
-            result = await self.load(fetch, generate, first)
+            result = await self.load(fetch, generate, first, seq)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # followers re-raise it; no "never retrieved" warning
@@ -204,11 +206,12 @@ class _Read:
                 del inflight[self.ident]
 
     async def load(
-        self, fetch: Loader, generate: Loader | None, first: Lookup | bool | None
+        self, fetch: Loader, generate: Loader | None, first: Lookup | bool | None, seq: int | None = None
     ) -> tuple[Any, Metrics, bytes | None]:
         manager, plan = self.manager, self.plan
         memory = manager.memory
-        seq = memory.eviction_seq if memory is not None else 0
+        if seq is None:
+            seq = memory.eviction_seq if memory is not None else 0
         token = manager.new_token()
         found = await self.lookup(token, first)
         if isinstance(found, tuple):  # another process stored it while we waited for its lease
