@@ -15,8 +15,7 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from click.testing import CliRunner, Result
 from shared_cache import CacheManager, agent_scopes, get_with_cache_aside
 from tests.pg_server import PostgresServer
 from tests.redis_server import free_port
+from tests.waiting import wait_until
 from worker.app import make_app
 from worker.cli import _secrets_of, cli, mask_url
 from worker.dead_letters import DeadLetters
@@ -100,18 +100,6 @@ def queued(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
         args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         messages.append({"task": envelope["headers"]["task"], "args": args})
     return messages
-
-
-async def wait_until(check: Callable[[], Any], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def document(result: Any) -> dict[str, Any]:

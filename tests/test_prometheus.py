@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from shared_cache import CacheManager, get_with_cache_aside, register_metrics
 from shared_cache._prometheus import EVICTION_BUCKETS_MS, LATENCY_BUCKETS_MS, CacheCollector
 from tests.pg_server import PostgresServer
 from tests.redis_server import free_port
+from tests.waiting import wait_until
 from worker.app import make_app
 from worker.listener import Listener
 from worker.metrics import ListenerCollector, serve_metrics
@@ -50,15 +51,6 @@ def expected_buckets(values: list[float], bounds: tuple[float, ...]) -> dict[str
     counts = {repr(float(b)): float(sum(1 for v in values if v <= b)) for b in bounds}
     counts["+Inf"] = float(len(values))
     return counts
-
-
-async def wait_until(check: Callable[[], Any], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 async def test_cache_collector_after_real_reads(manager: CacheManager, sync_redis: redis.Redis) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from tests.celery_worker import CeleryWorker
 from tests.node import Node
 from tests.pg_server import PostgresServer
 from tests.redis_server import RedisServer
+from tests.waiting import wait_until
 from worker.app import make_app
 from worker.listener import Listener
 from worker.rules import DEFAULT_RULES, Planner
@@ -109,18 +109,6 @@ def pg_source(pg: PostgresServer, listener: Listener, slot: str) -> PostgresLogi
 def execute(pg: PostgresServer, sql: str, *params: Any) -> None:
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         conn.execute(sql, params)
-
-
-async def wait_until(check: Any, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 async def test_update_in_postgres_evicts_another_process_and_its_next_read_is_new(

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from worker.embedded import EmbeddedCeleryWorker, EmbeddedPostgres, EmbeddedRedis
+from worker.embedded import EmbeddedCeleryWorker, EmbeddedPostgres, EmbeddedRedis, end_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "demo:"
@@ -341,13 +341,7 @@ class Demo:
                 proc.terminate()
                 proc.join(5)
         for child in self.children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-                try:
-                    child.wait(15)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+            end_process(child, 15)
         if self.celery is not None:
             self.celery.stop()
         for server in reversed(self.servers):

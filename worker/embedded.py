@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 
 def server_binary() -> str:
@@ -41,6 +42,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def end_process(proc: subprocess.Popen[Any], timeout: float, sig: int | None = signal.SIGTERM) -> None:
+    """Ask a child to stop (``sig``; None when it was asked some other way), wait up to ``timeout``
+    seconds, then kill it: no child outlives its owner."""
+    if proc.poll() is None and sig is not None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class EmbeddedRedis:
@@ -87,12 +100,7 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            end_process(self.proc, 5)
             self.proc = None
 
     def cleanup(self) -> None:
@@ -159,11 +167,7 @@ class EmbeddedPostgres:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end_process(self.proc, 15, sig=None)  # pg_ctl asked it already
         self.proc = None
 
     def cleanup(self) -> None:
@@ -235,10 +239,5 @@ class EmbeddedCeleryWorker:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end_process(self.proc, 20)
         self.proc = None
