@@ -34,8 +34,7 @@ async def _listening(redis_url: str, dsn: str, slot: str) -> tuple[Listener, asy
     listener = Listener(settings, Planner(DEFAULT_RULES), make_app(settings), cache, redis_url)
     listener.add_source(PostgresLogicalSource(dsn, Planner(DEFAULT_RULES).tables, slot=slot, poll_interval=0.01))
     stop = asyncio.Event()
-    task = asyncio.create_task(listener.run(stop))
-    await asyncio.wait_for(listener.ready.wait(), 30)
+    task = await listener.start(stop, within=30)
     return listener, stop, task
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 import time
@@ -12,6 +13,26 @@ from shared_cache import CacheManager
 from tests.redis_server import RedisServer
 
 _prefixes = itertools.count()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Format a failure with the garbage collector paused, after one collection.
+
+    On CPython 3.11 the depth counter of AST construction is shared by the interpreter. A finalizer
+    that the collector runs while pytest parses a source file for the report, and that parses code
+    itself (an asyncio task destroyed with an unread error logs it, and the traceback module parses
+    the failing line to draw its carets), leaves that counter wrong: pytest then stops with
+    ``INTERNALERROR ... AST constructor recursion depth mismatch`` and the failure is never shown.
+    """
+    if call.excinfo is None:
+        return (yield)
+    gc.collect()
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.enable()
 
 
 @pytest.fixture(scope="session")

@@ -116,8 +116,7 @@ async def running_listener(
     listener = Listener(ws, planner, make_app(ws), manager, redis_url)
     listener.add_source(PostgresLogicalSource(pg.dsn, planner.tables, slot=slot))
     stop = asyncio.Event()
-    task = asyncio.create_task(listener.run(stop))
-    await asyncio.wait_for(listener.ready.wait(), 20)
+    task = await listener.start(stop, within=20)
     try:
         yield listener
     finally:

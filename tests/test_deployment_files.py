@@ -6,6 +6,7 @@ import importlib
 import pathlib
 import re
 import shlex
+import subprocess
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_procfile_commands_exist() -> None:
 def test_compose_commands_exist() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     commands = re.findall(r"command: (\[.*\])", text)
-    assert len(commands) >= 6
+    assert len(commands) >= 5
     for raw in commands:
         argv = [part.strip().strip('"') for part in raw.strip("[]").split('",')]
         if argv[0] in ("redis-server", "postgres"):
@@ -47,6 +48,25 @@ def test_compose_commands_exist() -> None:
     for service in ("redis:", "postgres:", "listener:", "invalidation-worker:", "warming-worker:", "flower:"):
         assert f"\n  {service}" in text
     assert "wal_level=logical" in text and "healthcheck" in text
+
+
+def test_compose_postgres_allows_wal2json_where_the_server_knows_the_setting() -> None:
+    """The compose service's start line, run here with this machine's server binaries (the image's
+    entrypoint replaced by ``echo``): the plugin setting is added exactly when the server has it."""
+    from worker.embedded import bin_dir, server_settings
+
+    text = (ROOT / "docker-compose.yml").read_text()
+    script = re.search(r"\n  postgres:.*?command:\n      - >-\n((?:        [^\n]*\n)+)", text, re.S)
+    assert script is not None
+    line = " ".join(part.strip() for part in script.group(1).splitlines()).replace("$$", "$")
+    line = line.replace("exec docker-entrypoint.sh", "exec echo")
+    env = {"PATH": f"{bin_dir()}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", line], capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert out[:5] == ["postgres", "-c", "wal_level=logical", "-c", "max_replication_slots=10"]
+    if "output_plugin_libraries" in server_settings(bin_dir()):
+        assert out[5:] == ["-c", "output_plugin_libraries=pgoutput,test_decoding,wal2json"]
+    else:
+        assert out[5:] == []
 
 
 def test_env_example_names_real_settings() -> None:

@@ -174,12 +174,11 @@ async def test_listener_metrics_served_over_http(manager: CacheManager, redis_ur
     channel = f"{manager.prefix}changes"
     listener.add_source(RedisPubSubSource(redis_url, channel, planner.tables, listener.on_gap, listener.on_dead_letter))
     stop = asyncio.Event()
-    run = asyncio.create_task(listener.run(stop))
+    run = await listener.start(stop, within=20)
     port = free_port()
     served = asyncio.create_task(serve_metrics(listener, port, addr="127.0.0.1"))
     publisher = redis.Redis.from_url(redis_url)
     try:
-        await asyncio.wait_for(listener.ready.wait(), 20)
         await wait_until(lambda: listener.stats["conservative_invalidations"] >= 1)  # the channel's first subscribe
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO documents VALUES ('d1', 'acme', 'c1', 't'), ('d2', 'acme', 'c2', 't')")

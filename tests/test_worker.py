@@ -86,8 +86,7 @@ def settings(env: dict[str, str], **overrides: Any) -> WorkerSettings:
 @contextlib.asynccontextmanager
 async def running(listener: Listener) -> AsyncIterator[Listener]:
     stop = asyncio.Event()
-    task = asyncio.create_task(listener.run(stop))
-    await asyncio.wait_for(listener.ready.wait(), 20)
+    task = await listener.start(stop, within=20)
     try:
         yield listener
     finally:

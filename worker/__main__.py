@@ -17,6 +17,7 @@ from worker.listener import Listener
 from worker.rules import Planner, load_rules
 from worker.settings import WorkerSettings
 from worker.sources.build import build_sources
+from worker.sources.postgres import ReplicationSetupError
 
 
 async def main(settings: WorkerSettings, status_every: float) -> None:
@@ -69,7 +70,11 @@ def cli(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(main(settings, args.status_every))
+    try:
+        asyncio.run(main(settings, args.status_every))
+    except ReplicationSetupError as exc:
+        print(f"the listener cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

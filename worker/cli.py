@@ -57,6 +57,7 @@ from shared_cache import (
 )
 from tasks.settings import WorkerSettings
 from worker.listener import STATS_KEY, TENANTS_KEY
+from worker.sources.postgres import plugin_fix, plugin_refused
 
 if TYPE_CHECKING:
     from worker.coalesce import Window
@@ -1116,6 +1117,7 @@ def _database_checks(state: State, max_lag_bytes: int) -> list[Check]:
             else:
                 checks.append(("FAIL", "wal_level", f"{wal_level}: logical decoding needs wal_level=logical (restart)"))
             checks.append(_slot_check(conn, ws.slot_name, max_lag_bytes))
+            checks.append(_plugin_list_check(conn))
             checks.append(_wal2json_check(conn) if logical else ("SKIP", "wal2json", "needs wal_level=logical"))
         except psycopg.Error as exc:
             checks.append(("FAIL", "database", state.scrub(f"{shown}: {_describe(exc)}")))
@@ -1150,6 +1152,18 @@ def _slot_check(conn: Any, slot: str, max_lag_bytes: int) -> Check:
     return ("OK", "replication slot", detail)
 
 
+def _plugin_list_check(conn: Any) -> Check:
+    """Postgres 15.20+ lets REPLICATION users decode only with the plugins ``output_plugin_libraries``
+    lists (default ``pgoutput, test_decoding``); older servers have no such setting."""
+    row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'").fetchone()
+    if row is None:
+        return ("OK", "output plugins", "not a setting of this server: any installed plugin may be used")
+    listed = [name.strip() for name in str(row[0]).split(",")]
+    if "wal2json" in listed:
+        return ("OK", "output plugins", f"lists wal2json ({row[0]})")
+    return ("FAIL", "output plugins", f"{row[0]!r} does not list wal2json; fix: {plugin_fix(str(row[0]))}")
+
+
 def _wal2json_check(conn: Any) -> Check:
     """Create a temporary slot with wal2json (the plugin loads) and read from it with the options the
     listener uses (they are understood), then drop it; a temporary slot also goes with the session."""
@@ -1172,6 +1186,8 @@ def _wal2json_check(conn: Any) -> Check:
             "a temporary slot was not ready within 10 s (a long-running transaction delays it): not verified",
         )
     except psycopg.Error as exc:
+        if plugin_refused(exc):
+            return ("FAIL", "wal2json", "refused: not listed in output_plugin_libraries (see the output plugins check)")
         return ("FAIL", "wal2json", _describe(exc))
     finally:
         with contextlib.suppress(psycopg.Error):

@@ -108,6 +108,26 @@ class EmbeddedRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# Logical decoding plugins the project's Postgres servers allow. Postgres 15.20 and later (and the
+# other branches' releases of the same date) refuse any output plugin not listed in
+# ``output_plugin_libraries`` (default ``pgoutput, test_decoding``); older servers have no such setting
+# and refuse to start when given one, so it is passed only to a server that knows it.
+OUTPUT_PLUGINS = "pgoutput,test_decoding,wal2json"
+
+
+def server_settings(bindir: str) -> list[str]:
+    """Names of the settings the server binary in ``bindir`` knows (``postgres --describe-config``)."""
+    out = subprocess.run([f"{bindir}/postgres", "--describe-config"], capture_output=True, text=True, check=True)
+    return [line.split("\t", 1)[0] for line in out.stdout.splitlines() if line]
+
+
+def plugin_args(bindir: str) -> list[str]:
+    """``-c output_plugin_libraries=...`` when the server has that setting, else nothing."""
+    if "output_plugin_libraries" in server_settings(bindir):
+        return ["-c", f"output_plugin_libraries={OUTPUT_PLUGINS}"]
+    return []
+
+
 def bin_dir() -> str:
     for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
         if os.path.exists(os.path.join(candidate, "initdb")):
@@ -119,7 +139,11 @@ def bin_dir() -> str:
 
 
 class EmbeddedPostgres:
-    def __init__(self) -> None:
+    """A Postgres server with ``wal_level=logical``; ``allow_wal2json=False`` leaves
+    ``output_plugin_libraries`` at the server's default (to test what a stock server does)."""
+
+    def __init__(self, allow_wal2json: bool = True) -> None:
+        self.allow_wal2json = allow_wal2json
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="sc-pg-")
         self.data = os.path.join(self.dir, "data")
@@ -146,6 +170,7 @@ class EmbeddedPostgres:
             *self._as_user, f"{bindir}/postgres", "-D", self.data, "-p", str(self.port), "-k", self.dir,
             "-c", "listen_addresses=127.0.0.1", "-c", "wal_level=logical", "-c", "fsync=off",
             "-c", "full_page_writes=off", "-c", "max_connections=100",
+            *(plugin_args(bindir) if self.allow_wal2json else []),
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30

@@ -161,6 +161,28 @@ class Listener:
         finally:
             await self.close()
 
+    async def start(self, stop: asyncio.Event, within: float = 30.0) -> asyncio.Task[None]:
+        """Run the listener in a task and return the task once every source is ready.
+
+        If the listener stops before that, its own error is raised (a refused replication plugin, a
+        dead broker...), never a bare timeout, and the task is not left with an error nobody reads.
+        """
+        task = asyncio.create_task(self.run(stop), name="listener")
+        ready = asyncio.create_task(self.ready.wait())
+        try:
+            await asyncio.wait({task, ready}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if task.done():
+            task.result()  # raises the listener's error
+            raise RuntimeError("the listener stopped before it was ready")
+        if not self.ready.is_set():
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+            raise TimeoutError(f"the listener was not ready within {within:.0f} s")
+        return task
+
     def _check_pumps(self) -> None:
         for pump in self._pumps:  # (the Redis watch never ends by itself either)
             if pump.done() and not pump.cancelled() and pump.exception() is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,42 @@ from worker.events import ChangeEvent
 from worker.sources.base import DeadLetterHandler
 
 _ACTIONS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}
+log = logging.getLogger(__name__)
+PLUGIN = "wal2json"
+
+
+class ReplicationSetupError(RuntimeError):
+    """Postgres refuses what the source needs; retrying cannot help until an operator changes a setting."""
+
+
+def plugin_refused(exc: BaseException) -> bool:
+    """True if Postgres refused wal2json because it is not in ``output_plugin_libraries`` (15.20+)."""
+    diag = getattr(exc, "diag", None)
+    text = f"{exc} {getattr(diag, 'message_hint', '') or ''}"
+    return "output_plugin_libraries" in text or "may not be used as an output plugin" in text
+
+
+def plugin_fix(current: str | None) -> str:
+    """The one-line fix: the current list plus wal2json (``current`` from ``SHOW output_plugin_libraries``)."""
+    names = [n.strip() for n in (current or "pgoutput, test_decoding").split(",") if n.strip()]
+    if PLUGIN not in names:
+        names.append(PLUGIN)
+    listed = ", ".join(f"'{n}'" for n in names)
+    return f"ALTER SYSTEM SET output_plugin_libraries = {listed}; SELECT pg_reload_conf();"
+
+
+async def explain_refusal(conn: Any) -> ReplicationSetupError:
+    """The error to raise when wal2json was refused, naming the setting and the fix."""
+    current = None
+    with contextlib.suppress(Exception):
+        cursor = await conn.execute("SHOW output_plugin_libraries")
+        row = await cursor.fetchone()
+        current = row[0] if row else None
+    return ReplicationSetupError(
+        f"Postgres refuses the {PLUGIN} output plugin: it is not listed in output_plugin_libraries"
+        f" (now {current!r}). As a superuser run: {plugin_fix(current)}"
+        " On a managed service, add wal2json to output_plugin_libraries in the server's parameters."
+    )
 
 
 def lsn_to_int(lsn: str) -> int:
@@ -95,24 +132,42 @@ class PostgresLogicalSource:
         conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
         cursor = await conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (self.slot,))
         if await cursor.fetchone() is None:
-            with contextlib.suppress(psycopg.errors.DuplicateObject):
+            try:
                 await conn.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2json')", (self.slot,))
+            except psycopg.errors.DuplicateObject:
+                pass  # another listener created it meanwhile
+            except psycopg.Error as exc:
+                if plugin_refused(exc):
+                    error = await explain_refusal(conn)
+                    await conn.close()
+                    raise error from exc
+                raise
         return conn
 
     async def prepare(self) -> None:
-        """Connect and create the slot if needed: changes committed from now on are kept for us."""
-        if self._conn is None:
-            self._conn = await self._connect()
+        """Connect and create the slot if needed: changes committed from now on are kept for us.
 
-    async def _peek(self) -> list[tuple[str, str]]:
+        Raises ``ReplicationSetupError`` at once when Postgres refuses the plugin, so a listener that
+        cannot work says why when it starts rather than retrying in silence.
+        """
         if self._conn is None:
             self._conn = await self._connect()
-        cursor = await self._conn.execute(
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes(%s, NULL, %s,"
-            " 'format-version', '2', 'include-timestamp', '1', 'include-transaction', '1',"
-            " 'add-tables', %s)",
-            (self.slot, self.batch, ",".join(self.tables)),
-        )
+        await self._peek(limit=1)
+
+    async def _peek(self, limit: int | None = None) -> list[tuple[str, str]]:
+        if self._conn is None:
+            self._conn = await self._connect()
+        try:
+            cursor = await self._conn.execute(
+                "SELECT lsn::text, data FROM pg_logical_slot_peek_changes(%s, NULL, %s,"
+                " 'format-version', '2', 'include-timestamp', '1', 'include-transaction', '1',"
+                " 'add-tables', %s)",
+                (self.slot, limit or self.batch, ",".join(self.tables)),
+            )
+        except Exception as exc:
+            if plugin_refused(exc):
+                raise await explain_refusal(self._conn) from exc
+            raise
         return list(await cursor.fetchall())
 
     async def events(self) -> AsyncIterator[ChangeEvent]:
@@ -121,9 +176,12 @@ class PostgresLogicalSource:
             try:
                 rows = await self._peek()
                 backoff = 0.1
-            except Exception:
+            except Exception as exc:
                 # Postgres restarting, network cut: reconnect with backoff; nothing is lost since
-                # unconfirmed changes stay in the slot.
+                # unconfirmed changes stay in the slot. A refused plugin is logged with its fix: an
+                # operator can change the setting while the listener keeps retrying.
+                if isinstance(exc, ReplicationSetupError):
+                    log.error("%s", exc)
                 await self._drop_connection()
                 self.reconnects += 1
                 await asyncio.sleep(backoff)
