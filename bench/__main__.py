@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from bench import invalidation, read_path, stale, warming, worker
+from devtools.embedded import EmbeddedRedis as RedisServer
 from shared_cache import CacheManager
-from tests.redis_server import RedisServer
 
 
 async def run(quick: bool, url: str) -> list[tuple[str, str, str, str]]:

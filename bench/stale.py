@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from devtools.embedded import EmbeddedPostgres as PostgresServer
 from tests import stale_workload
-from tests.pg_server import PostgresServer
 
 Row = tuple[str, str, str, str]
 

@@ -185,7 +185,7 @@ def warming(rows: list[Row], redis_url: str, quick: bool) -> None:
 
 
 def main() -> None:
-    from tests.redis_server import RedisServer
+    from devtools.embedded import EmbeddedRedis as RedisServer
 
     parser = argparse.ArgumentParser(prog="python -m bench.warming")
     parser.add_argument("--quick", action="store_true", help="fewer texts and repeats, for a smoke test")

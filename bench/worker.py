@@ -14,14 +14,15 @@ import psycopg
 import redis
 
 from bench._util import percentile
+from devtools.embedded import EmbeddedPostgres as PostgresServer
 from shared_cache import CacheManager
-from tasks.settings import WorkerSettings
+from tasks.settings import TaskSettings
 from tests.celery_worker import CeleryWorker
 from tests.node import Node
-from tests.pg_server import PostgresServer
 from worker.app import make_app
 from worker.listener import Listener
 from worker.rules import DEFAULT_RULES, Planner
+from worker.settings import ListenerSettings
 from worker.sources.postgres import PostgresLogicalSource
 
 Row = tuple[str, str, str, str]
@@ -30,8 +31,8 @@ PREFIX, CHANNEL = "bw:", "bw:evictions"
 
 async def _listening(redis_url: str, dsn: str, slot: str) -> tuple[Listener, asyncio.Event, asyncio.Task[None]]:
     cache = CacheManager.configure(redis_url=redis_url, key_prefix=PREFIX, eviction_channel=CHANNEL)
-    settings = WorkerSettings(broker_url=redis_url.rsplit("/", 1)[0] + "/1")
-    listener = Listener(settings, Planner(DEFAULT_RULES), make_app(settings), cache, redis_url)
+    tasks = TaskSettings(broker_url=redis_url.rsplit("/", 1)[0] + "/1")
+    listener = Listener(ListenerSettings(), Planner(DEFAULT_RULES), make_app(tasks), cache, redis_url, tasks)
     listener.add_source(PostgresLogicalSource(dsn, Planner(DEFAULT_RULES).tables, slot=slot, poll_interval=0.01))
     stop = asyncio.Event()
     task = await listener.start(stop, within=30)

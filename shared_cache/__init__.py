@@ -14,6 +14,7 @@ from ._coordinated import invalidate_document_update
 from ._events import EvictionEvent
 from ._keys import DATA_TYPE_PATTERN, TENANT_PATTERN, KeyPlan, build_plan
 from ._keys import validate_tenant as validate_tenant_id
+from ._keyspace import Keyspace, Scope
 from ._manager import CacheManager
 from ._memory import MemoryTier
 from ._metrics import (
@@ -29,6 +30,7 @@ from ._scopes import (
     collection_scopes,
     conversation_scopes,
     document_update_scopes,
+    parse_scopes,
     resource_scopes,
     tenant_scopes,
 )
@@ -84,7 +86,9 @@ __all__ = [
     "EvictionEvent",
     "InvalidKeyError",
     "KeyPlan",
+    "Keyspace",
     "MemoryTier",
+    "Scope",
     "SerializationError",
     "SharedCacheError",
     "__version__",
@@ -98,12 +102,13 @@ __all__ = [
     "get_embeddings_batch_with_cache",
     "get_with_cache_aside",
     "invalidate_document_update",
+    "parse_scopes",
     "register_metrics",
     "resource_scopes",
     "serialize_for_cache",
     "tenant_scopes",
-    "validate_tenant_id",
     "track_cache_metrics",
     "ttl_for",
+    "validate_tenant_id",
     "with_context",
 ]

@@ -70,7 +70,7 @@ async def get_embeddings_batch_with_cache(
     if pending:
         keys = list(head)
         for i in pending:
-            keys += [f"{tag}:{_TYPE}:{rids[i]}", f"{tag}:#gen:res:{_TYPE}:{rids[i]}"]
+            keys += [f"{tag}:{_TYPE}:{rids[i]}", manager.keys.generation((tenant, "res", _TYPE, rids[i]))]
         try:
             reply = await manager.redis.call("MGET", *keys)
             metrics["round_trips"] += 1
@@ -109,7 +109,7 @@ async def get_embeddings_batch_with_cache(
         payloads = await _generate(embedding_provider, [unique[i] for i in missing])
         for i, payload in zip(missing, payloads, strict=True):
             found[unique[i]] = payload
-        await _store(manager, head, tag, rids, missing, payloads, tags, ttl, metrics)
+        await _store(manager, tenant, head, tag, rids, missing, payloads, tags, ttl, metrics)
         if memory is not None and memory.eviction_seq == seq:
             for i, payload in zip(missing, payloads, strict=True):
                 if i in tags:
@@ -163,6 +163,7 @@ async def _generate(provider: EmbeddingProvider, texts: list[str]) -> list[bytes
 
 async def _store(
     manager: CacheManager,
+    tenant: str,
     head: list[str],
     tag: str,
     rids: list[str],
@@ -177,7 +178,7 @@ async def _store(
     args: list[Any] = [seconds * 1000, int((time.time() + seconds) * 1000) if seconds else 0]
     for i, payload in zip(missing, payloads, strict=True):
         if i in tags:
-            keys += [f"{tag}:{_TYPE}:{rids[i]}", f"{tag}:#gen:res:{_TYPE}:{rids[i]}"]
+            keys += [f"{tag}:{_TYPE}:{rids[i]}", manager.keys.generation((tenant, "res", _TYPE, rids[i]))]
             args += [tags[i], payload]
     if len(keys) == 2:
         return
@@ -187,6 +188,6 @@ async def _store(
         if seconds == 0:  # no expiry: list them so reclaim_permanent can find them once invalidated
             tenant_gens = "\n".join(head)
             members = [f"{keys[j]}\n{tenant_gens}\n{keys[j + 1]}" for j in range(2, len(keys), 2)]
-            await manager.redis.call("SADD", f"{tag}:#perm", *members)
+            await manager.redis.call("SADD", manager.keys.permanent(tenant), *members)
     except BackendUnavailable:
         manager.stats.error("redis")

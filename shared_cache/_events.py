@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
-from ._keys import Scope, validate_tenant
+from ._keys import validate_tenant
+from ._keyspace import Scope
+from ._scopes import parse_scope
 
 EVENT_VERSION = 1
-_SCOPE_KINDS = {"type": 2, "res": 3, "agent": 2, "conv": 2, "coll": 2}
-
-
-def check_scope(scope: Any, tenant_id: str) -> Scope:
-    """A scope tuple from the wire, refusing anything outside ``tenant_id`` or of unknown shape."""
-    if not isinstance(scope, (list, tuple)) or not scope or not all(isinstance(p, str) for p in scope):
-        raise ValueError(f"scope must be a non-empty list of strings, got {scope!r}")
-    if scope[0] != tenant_id:
-        raise ValueError(f"scope {scope!r} is outside tenant {tenant_id!r}")
-    if len(scope) > 1 and _SCOPE_KINDS.get(scope[1]) != len(scope) - 1:
-        raise ValueError(f"scope {scope!r} has an unknown kind or length")
-    return tuple(scope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +69,7 @@ class EvictionEvent:
             raise ValueError("eviction event caused_at must be numeric when given")
         return cls(
             tenant_id=tenant,
-            scopes=tuple(check_scope(s, tenant) for s in scopes),
+            scopes=tuple(parse_scope(s, tenant) for s in scopes),
             seq=seq,
             origin=origin,
             reason=str(data.get("reason", "invalidate")),

@@ -20,6 +20,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from ._keyspace import Keyspace, Scope
 from .errors import InvalidKeyError
 
 TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
@@ -36,9 +37,6 @@ SCOPE_RESOURCE = "res"
 SCOPE_AGENT = "agent"
 SCOPE_CONVERSATION = "conv"
 SCOPE_COLLECTION = "coll"
-
-Scope = tuple[str, ...]
-"""A generation scope, e.g. ``("t1", "coll", "=Y29sbA")``; the first element is always the tenant."""
 
 
 def validate_tenant(tenant_id: object) -> str:
@@ -112,15 +110,12 @@ class KeyPlan:
 
 
 def tenant_tag(prefix: str, tenant_id: str) -> str:
-    return f"{prefix}{{{tenant_id}}}"
+    return Keyspace(prefix).tenant_tag(tenant_id)
 
 
 def gen_key(prefix: str, scope: Scope) -> str:
     """Redis key of a scope's generation counter."""
-    tag = tenant_tag(prefix, scope[0])
-    if len(scope) == 1:
-        return f"{tag}:#gen"
-    return f"{tag}:#gen:" + ":".join(scope[1:])
+    return Keyspace(prefix).generation(scope)
 
 
 def build_plan(
@@ -173,7 +168,8 @@ def build_plan(
         names.append("+".join(name_parts) or "tenant")
         level_gens.append(tuple(gens))
 
-    gen_keys = tuple(gen_key(prefix, scope) for scope in scopes)
+    keyspace = Keyspace(prefix)
+    gen_keys = tuple(keyspace.generation(scope) for scope in scopes)
     return KeyPlan(
         tenant_id=tenant,
         data_type=dtype,
@@ -181,7 +177,7 @@ def build_plan(
         level_names=tuple(names),
         level_gens=tuple(level_gens),
         gen_keys=gen_keys,
-        lease_key=f"{tag}:#lease:" + entry_keys[0][len(tag) + 1 :],
+        lease_key=keyspace.lease(tenant, entry_keys[0]),
         scopes=tuple(scopes),
         mget_keys=(*entry_keys, *gen_keys),
     )

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 import uuid
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import orjson
@@ -18,15 +19,14 @@ import orjson
 from ._events import EvictionEvent
 from ._keys import (
     KeyPlan,
-    Scope,
     build_plan,
     encode_id,
     gen_key,
-    tenant_tag,
     text_digest,
     validate_data_type,
     validate_tenant,
 )
+from ._keyspace import Keyspace, Scope
 from ._memory import MemoryTier, entry_value, time_left
 from ._metrics import CacheStats
 from ._redis_tier import INVALIDATE, LEASE, WRITE, RedisTier
@@ -38,6 +38,14 @@ from .errors import BackendUnavailable, map_backend_errors
 
 T = TypeVar("T")
 _PLAN_CACHE_SIZE = 50_000
+RECEIPT_TTL_MS = 600_000
+_RECEIPT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def check_receipt(receipt: object) -> str:
+    if not isinstance(receipt, str) or not _RECEIPT_RE.fullmatch(receipt):
+        raise ValueError(f"invalid receipt {receipt!r}: expected a string matching [A-Za-z0-9_.:-]{{1,128}}")
+    return receipt
 
 
 class _singleton_method(Generic[T]):
@@ -88,6 +96,7 @@ class CacheManager:
         self.settings = settings or CacheSettings()
         s = self.settings
         self.prefix = s.key_prefix
+        self.keys = Keyspace(s.key_prefix)
         self.memory: MemoryTier | None = (
             MemoryTier(s.memory_max_entries, s.memory_max_bytes, s.memory_ttl_cap_seconds) if s.memory_enabled else None
         )
@@ -171,7 +180,7 @@ class CacheManager:
 
     def permanent_set(self, tenant_id: str) -> str:
         """Set of a tenant's entries written without expiry (``key\ngen_key...`` members)."""
-        return f"{tenant_tag(self.prefix, tenant_id)}:#perm"
+        return self.keys.permanent(tenant_id)
 
     async def reclaim_permanent(self, tenant_id: str, batch: int = 500) -> int:
         """Delete the tenant's invalidated entries that have no expiry; returns how many.
@@ -215,12 +224,24 @@ class CacheManager:
         return len(stale)
 
     async def publish_eviction(
-        self, tenant_id: str, scopes: list[Scope], gen_keys: list[str], reason: str, caused_at: float | None = None
+        self,
+        tenant_id: str,
+        scopes: list[Scope],
+        gen_keys: list[str],
+        reason: str,
+        caused_at: float | None = None,
+        receipt: str | None = None,
     ) -> None:
-        """Bump ``gen_keys`` and publish one event for ``scopes`` in one round trip, then evict locally."""
+        """Bump ``gen_keys`` and publish one event for ``scopes`` in one round trip, then evict locally;
+        with a ``receipt``, the same script records that this invalidation was applied."""
         event = EvictionEvent(tenant_id, tuple(scopes), next(self._seq), self.origin, reason, caused_at=caused_at)
+        keys = gen_keys
+        args: list[Any] = [self.settings.eviction_channel, event.to_json()]
+        if receipt is not None:
+            keys = [*gen_keys, self.keys.receipt(tenant_id, check_receipt(receipt))]
+            args.append(RECEIPT_TTL_MS)
         try:
-            await self.redis.script(INVALIDATE, gen_keys, [self.settings.eviction_channel, event.to_json()])
+            await self.redis.script(INVALIDATE, keys, args)
         finally:
             # Local memory goes whatever Redis said: never serve locally what we meant to drop.
             if self.memory is not None:
@@ -394,15 +415,59 @@ class CacheManager:
 
     @_singleton_method
     async def invalidate_scopes(
-        self, tenant_id: str, scopes: list[Scope], reason: str = "invalidate", caused_at: float | None = None
+        self,
+        tenant_id: str,
+        scopes: list[Scope],
+        reason: str = "invalidate",
+        caused_at: float | None = None,
+        receipt: str | None = None,
     ) -> None:
         """Bump several scopes of one tenant at once (one round trip, one event). ``caused_at`` (the
-        commit time of the change behind it) lets every node measure commit-to-eviction latency."""
+        commit time of the change behind it) lets every node measure commit-to-eviction latency.
+        ``receipt`` (``[A-Za-z0-9_.:-]``, up to 128 characters) is recorded by the same script, for
+        :meth:`applied_receipts`: whoever sent the invalidation can tell it was applied."""
         tenant = validate_tenant(tenant_id)
         checked = [s for s in scopes if s and s[0] == tenant]
         if len(checked) != len(scopes):
             raise ValueError(f"every scope must belong to tenant {tenant!r}: {scopes!r}")
-        await self.publish_eviction(tenant, checked, [gen_key(self.prefix, s) for s in checked], reason, caused_at)
+        gen_keys = [self.keys.generation(s) for s in checked]
+        await self.publish_eviction(tenant, checked, gen_keys, reason, caused_at, receipt)
+
+    async def applied_receipts(self, receipts: Iterable[tuple[str, str]]) -> frozenset[tuple[str, str]]:
+        """Which ``(tenant_id, receipt)`` invalidations were applied (receipts live 10 minutes).
+
+        One round trip: one MGET per tenant (a tenant's receipts share its hash slot), pipelined.
+        Raises ``BackendUnavailable`` when Redis cannot answer.
+        """
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, receipt in receipts:
+            by_tenant.setdefault(validate_tenant(tenant), []).append(check_receipt(receipt))
+        if not by_tenant:
+            return frozenset()
+        client = self.redis.client()
+        with map_backend_errors():
+            pipe = client.pipeline(transaction=False)
+            for tenant, ids in by_tenant.items():
+                pipe.mget([self.keys.receipt(tenant, r) for r in ids])
+            replies = await pipe.execute()
+        return frozenset(
+            (tenant, r)
+            for (tenant, ids), reply in zip(by_tenant.items(), replies, strict=True)
+            for r, value in zip(ids, reply, strict=True)
+            if value is not None
+        )
+
+    async def forget_receipts(self, receipts: Iterable[tuple[str, str]]) -> None:
+        """Delete receipts nobody needs any more (they also expire by themselves)."""
+        keys = [self.keys.receipt(validate_tenant(t), check_receipt(r)) for t, r in receipts]
+        if not keys:
+            return
+        client = self.redis.client()
+        with map_backend_errors():
+            pipe = client.pipeline(transaction=False)
+            for key in keys:  # one command per key: on a cluster the tenants' slots differ
+                pipe.unlink(key)
+            await pipe.execute()
 
     @_singleton_method
     async def invalidate_agent_complete(self, tenant_id: str, agent_id: Any) -> None:
@@ -485,7 +550,7 @@ class CacheManager:
         tenant = validate_tenant(tenant_id)
         kind = validate_data_type(counter_type)
         res = "-" if resource_id is None else encode_id(resource_id)
-        return f"{tenant_tag(self.prefix, tenant)}:#counter:{kind}:{res}"
+        return self.keys.counter(tenant, kind, res)
 
     @_singleton_method
     async def increment_counter(
@@ -534,7 +599,7 @@ class CacheManager:
         await self.subscriber.start()
 
     def stats_key(self, origin: str | None = None) -> str:
-        return f"{self.prefix}#stats:{origin or self.origin}"
+        return self.keys.stats(origin or self.origin)
 
     def stats_report(self) -> dict[str, Any]:
         """This process's stats: the snapshot, the memory tier, and what its subscriber measured."""

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ._keys import Scope
+from ._keyspace import Scope
 from ._serialization import KIND_CUSTOM, KIND_EMBEDDING, KIND_JSON, KIND_NONE, decode_embedding
 
 # How an entry holds its value (see MemoryEntry.kind).

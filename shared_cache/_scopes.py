@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from ._keys import (
@@ -10,11 +11,38 @@ from ._keys import (
     SCOPE_CONVERSATION,
     SCOPE_RESOURCE,
     SCOPE_TYPE,
-    Scope,
     encode_id,
     validate_data_type,
     validate_tenant,
 )
+from ._keyspace import Scope
+from .errors import InvalidKeyError
+
+# Scope kinds after the tenant, and how many parts follow the tenant in each.
+_SCOPE_PARTS = {SCOPE_TYPE: 2, SCOPE_RESOURCE: 3, SCOPE_AGENT: 2, SCOPE_CONVERSATION: 2, SCOPE_COLLECTION: 2}
+
+
+def parse_scope(raw: Any, tenant_id: str) -> Scope:
+    """One scope received as JSON (a list of strings), checked: inside ``tenant_id``, of a known kind
+    and length. Raises ``InvalidKeyError`` (a ``ValueError``) naming what is wrong."""
+    if not isinstance(raw, (list, tuple)) or not raw or not all(isinstance(p, str) and p for p in raw):
+        raise InvalidKeyError(f"scope must be a non-empty list of non-empty strings, got {raw!r}")
+    if raw[0] != tenant_id:
+        raise InvalidKeyError(f"scope {raw!r} is outside tenant {tenant_id!r}")
+    if len(raw) > 1 and _SCOPE_PARTS.get(raw[1]) != len(raw) - 1:
+        raise InvalidKeyError(f"scope {raw!r} has an unknown kind or length")
+    return tuple(raw)
+
+
+def parse_scopes(tenant_id: Any, raw: Iterable[Any]) -> tuple[Scope, ...]:
+    """Scopes of one tenant received as JSON (e.g. by a task), each checked by :func:`parse_scope`."""
+    tenant = validate_tenant(tenant_id)
+    if isinstance(raw, (str, bytes)):
+        raise InvalidKeyError(f"scopes must be a list of scopes, got {raw!r}")
+    scopes = tuple(parse_scope(scope, tenant) for scope in raw)
+    if not scopes:
+        raise InvalidKeyError(f"no scopes given for tenant {tenant!r}")
+    return scopes
 
 
 def document_update_scopes(tenant_id: str, document_id: Any, collection_id: Any = None) -> list[Scope]:

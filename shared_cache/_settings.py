@@ -56,19 +56,3 @@ class CacheSettings(BaseSettings):
         if any(ch in value for ch in "{}*?[] \n\r\t"):
             raise ValueError(f"key_prefix {value!r} must not contain braces, glob characters or spaces")
         return value
-
-
-def settings_table(model: type[BaseSettings] = CacheSettings) -> str:
-    """Markdown table of a settings model (the README's table is checked against it by a test)."""
-    prefix = model.model_config.get("env_prefix", "")
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in model.model_fields.items():
-        default = field.default
-        if isinstance(default, SecretStr):
-            default = default.get_secret_value()
-        rows.append(f"| `{prefix}{name.upper()}` | `{default}` | {field.description or ''} |")
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(settings_table())

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tasks.settings import WorkerSettings
+from tasks.settings import TaskSettings
 
 
-async def collection_texts(settings: WorkerSettings, tenant_id: str, collection_id: str) -> list[str]:
+async def collection_texts(settings: TaskSettings, tenant_id: str, collection_id: str) -> list[str]:
     """Chunk texts of one collection, using the ``document_chunks`` columns of the settings."""
     import psycopg
     from psycopg import sql

@@ -31,7 +31,7 @@ from pydantic import SecretStr
 if TYPE_CHECKING:
     import httpx
 
-    from tasks.settings import WorkerSettings
+    from tasks.settings import TaskSettings
 
 logger = logging.getLogger(__name__)
 
@@ -485,7 +485,7 @@ class NullProvider:
         return await self.embed(texts)
 
 
-def make_provider(settings: WorkerSettings) -> EmbeddingProvider | None:
+def make_provider(settings: TaskSettings) -> EmbeddingProvider | None:
     """The provider the settings ask for, or ``None`` when warming is disabled (``"none"``).
 
     ``None`` lets a caller skip warming outright; ``make_provider(s) or NullProvider()`` gives an object

@@ -14,7 +14,7 @@ from shared_cache import get_embeddings_batch_with_cache
 from tasks._runtime import run
 from tasks.invalidation import TASK_OPTIONS
 from tasks.providers import EmbeddingProvider
-from tasks.settings import WorkerSettings
+from tasks.settings import TaskSettings
 
 _provider: EmbeddingProvider | None = None
 
@@ -25,7 +25,7 @@ def provider() -> EmbeddingProvider:
     if _provider is None:
         from tasks.providers import make_provider
 
-        made = make_provider(WorkerSettings())
+        made = make_provider(TaskSettings())
         if made is None:
             raise RuntimeError("warming needs SHARED_CACHE_WORKER_EMBEDDING_PROVIDER=local or openai")
         _provider = made
@@ -49,7 +49,7 @@ def warm_texts(tenant_id: str, texts: list[str]) -> dict[str, Any]:
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be a list of str")
     embedder = provider()
-    return run(warm(tenant_id, texts, embedder, WorkerSettings().embedding_batch_size))
+    return run(warm(tenant_id, texts, embedder, TaskSettings().embedding_batch_size))
 
 
 @shared_task(name="shared_cache.warm_collection", queue="warming", **TASK_OPTIONS)
@@ -57,6 +57,6 @@ def warm_collection(tenant_id: str, collection_id: str) -> dict[str, Any]:
     """Embed every chunk text of a collection (read from Postgres), in batches."""
     from tasks.collection_texts import collection_texts
 
-    settings = WorkerSettings()
+    settings = TaskSettings()
     texts = run(collection_texts(settings, tenant_id, collection_id))
     return run(warm(tenant_id, texts, provider(), settings.embedding_batch_size))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.embedded import EmbeddedCeleryWorker
+from devtools.embedded import EmbeddedCeleryWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 

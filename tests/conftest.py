@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
+from devtools.embedded import EmbeddedRedis as RedisServer
 from shared_cache import CacheManager
-from tests.redis_server import RedisServer
 
 _prefixes = itertools.count()
 

@@ -6,7 +6,8 @@ import shutil
 import subprocess
 import time
 
-from tests.redis_server import RedisServer, free_port
+from devtools.embedded import EmbeddedRedis as RedisServer
+from devtools.embedded import free_port
 
 
 class RedisCluster:

@@ -134,23 +134,21 @@ async def test_with_context() -> None:
         Context(tenant_id="bad tenant")
 
 
-@pytest.mark.parametrize("marker", ["settings-table", "worker-settings-table"])
+@pytest.mark.parametrize("marker", ["settings-table", "listener-settings-table", "task-settings-table"])
 def test_readme_settings_tables_match_the_models(marker: str) -> None:
     import pathlib
     import re
 
-    from shared_cache._settings import settings_table
-    from tasks.settings import WorkerSettings
+    from devtools.readme import TABLES, settings_table
 
-    model = WorkerSettings if marker.startswith("worker") else CacheSettings
+    model = TABLES[marker]
     readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     block = re.search(rf"<!-- {marker} -->\n(.*?)\n<!-- /{marker} -->", readme, re.S)
     assert block is not None, f"README.md has no {marker}"
-    assert block.group(1) == settings_table(model), "regenerate it: python -m worker.readme"
+    assert block.group(1) == settings_table(model), "regenerate it: python -m devtools.readme"
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared_cache import CacheSettings
 
     monkeypatch.setenv("SHARED_CACHE_REDIS_URL", "rediss://user:secret@cache.internal:6380/2")
     monkeypatch.setenv("SHARED_CACHE_MEMORY_ENABLED", "false")

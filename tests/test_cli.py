@@ -27,17 +27,19 @@ import redis
 import redis.asyncio as aredis
 from click.testing import CliRunner, Result
 
-from shared_cache import CacheManager, agent_scopes, get_with_cache_aside
-from tests.pg_server import PostgresServer
-from tests.redis_server import free_port
+from devtools.embedded import EmbeddedPostgres as PostgresServer
+from devtools.embedded import free_port
+from shared_cache import CacheManager, Keyspace, agent_scopes, get_with_cache_aside
+from tasks.settings import TaskSettings
+from tasks.support import mask_url, secrets_of
 from tests.waiting import wait_until
 from worker.app import make_app
-from worker.cli import _secrets_of, cli, mask_url
+from worker.cli import cli
 from worker.dead_letters import DeadLetters
 from worker.events import ChangeEvent
-from worker.listener import STATS_KEY, TENANTS_KEY, Listener
+from worker.listener import Listener
 from worker.rules import Planner
-from worker.settings import WorkerSettings
+from worker.settings import ListenerSettings
 from worker.sources.postgres import PostgresLogicalSource
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,9 +113,9 @@ def document(result: Any) -> dict[str, Any]:
 async def running_listener(
     manager: CacheManager, redis_url: str, pg: PostgresServer, slot: str
 ) -> AsyncIterator[Listener]:
-    ws = WorkerSettings(broker_url=broker_url(redis_url))
+    ts = TaskSettings(broker_url=broker_url(redis_url))
     planner = Planner()
-    listener = Listener(ws, planner, make_app(ws), manager, redis_url)
+    listener = Listener(ListenerSettings(), planner, make_app(ts), manager, redis_url, ts)
     listener.add_source(PostgresLogicalSource(pg.dsn, planner.tables, slot=slot))
     stop = asyncio.Event()
     task = await listener.start(stop, within=20)
@@ -141,7 +143,7 @@ async def test_stats_reports_processes_listener_and_tenants(
             conn.execute("INSERT INTO documents VALUES ('d1', 'acme', 'c1', 'title')")
         await wait_until(lambda: listener.stats["processed"] >= 1)
         await listener.publish_report()
-    sync_redis.sadd(TENANTS_KEY, "acme")
+    sync_redis.sadd(manager.keys.worker_tenants, "acme")
 
     data = as_json(await run(env, "--json", "stats", "--max-tenants", "100000"))
     cache = data["cache"]
@@ -173,7 +175,7 @@ async def test_stats_reports_processes_listener_and_tenants(
 
     bounded = as_json(await run(env, "--json", "stats", "--tenant", "acme", "--max-scan", "0"))
     assert bounded["tenants"] is None  # --max-scan 0: no scanning at all
-    assert sync_redis.get(STATS_KEY) is not None
+    assert sync_redis.get(manager.keys.worker_stats) is not None
 
 
 # -- get / ttl ----------------------------------------------------------------------------------
@@ -352,8 +354,8 @@ def test_mask_url() -> None:
     )
     assert mask_url("postgresql://db/x?user=u&password=pw") == "postgresql://db/x?user=u&password=%2A%2A%2A"
     assert mask_url("host=db user=u password='p w' dbname=x") == "host=db user=u password=*** dbname=x"
-    assert _secrets_of("redis://:p%40ss@h/0") == ["p%40ss", "p@ss"]
-    assert _secrets_of("postgresql://db/x?password=pw") == ["pw"]
+    assert secrets_of("redis://:p%40ss@h/0") == ["p%40ss", "p@ss"]
+    assert secrets_of("postgresql://db/x?password=pw") == ["pw"]
 
 
 # -- dead letters -------------------------------------------------------------------------------
@@ -398,7 +400,7 @@ async def test_dead_letters_list_and_replay(env: dict[str, str], redis_url: str,
     (task,) = queued(broker, "invalidation")[before:]
     scopes = sorted(list(s) for s in agent_scopes("acme", "a1"))
     assert task == {"task": "shared_cache.invalidate", "args": ["acme", scopes, "replay: agents UPDATE", None]}
-    assert sync_redis.sismember(TENANTS_KEY, "acme")
+    assert sync_redis.sismember(Keyspace(env["SHARED_CACHE_KEY_PREFIX"]).worker_tenants, "acme")
 
     left = as_json(await run(env, "--json", "dead-letters", "list"))
     assert left["waiting"] == 2 and left["parked"] == {"postgres": 2, "redis": 1}  # the same events, not new ones

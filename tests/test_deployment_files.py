@@ -53,7 +53,7 @@ def test_compose_commands_exist() -> None:
 def test_compose_postgres_allows_wal2json_where_the_server_knows_the_setting() -> None:
     """The compose service's start line, run here with this machine's server binaries (the image's
     entrypoint replaced by ``echo``): the plugin setting is added exactly when the server has it."""
-    from worker.embedded import bin_dir, server_settings
+    from devtools.embedded import bin_dir, server_settings
 
     text = (ROOT / "docker-compose.yml").read_text()
     script = re.search(r"\n  postgres:.*?command:\n      - >-\n((?:        [^\n]*\n)+)", text, re.S)
@@ -71,10 +71,11 @@ def test_compose_postgres_allows_wal2json_where_the_server_knows_the_setting() -
 
 def test_env_example_names_real_settings() -> None:
     from shared_cache import CacheSettings
-    from tasks.settings import WorkerSettings
+    from tasks.settings import TaskSettings
+    from worker.settings import ListenerSettings
 
     known = {f"SHARED_CACHE_{n.upper()}" for n in CacheSettings.model_fields} | {
-        f"SHARED_CACHE_WORKER_{n.upper()}" for n in WorkerSettings.model_fields
+        f"SHARED_CACHE_WORKER_{n.upper()}" for n in (*TaskSettings.model_fields, *ListenerSettings.model_fields)
     }
     for line in (ROOT / ".env.example").read_text().splitlines():
         name = line.lstrip("# ").split("=", 1)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -149,3 +150,21 @@ async def test_hostile_invalidations_touch_nothing_else(
     assert (await read("document", "d1"))[1] == "old"
     assert (await read("document", "d1", collection_id="c1"))[1] == "old"
     assert (await read("document", "d1", tenant="victim"))[1] == "old"
+
+
+async def test_a_receipt_is_written_by_the_invalidation_itself(manager: CacheManager, sync_redis: redis.Redis) -> None:
+    await fill("document", "d1", tenant="t1")
+    scopes = [("t1", "res", "document", "d1")]
+    assert await manager.applied_receipts([("t1", "w1:0")]) == frozenset()
+    await manager.invalidate_scopes("t1", scopes, "test", receipt="w1:0")
+    await manager.invalidate_scopes("t2", [("t2",)], "test")  # no receipt asked: none written
+    assert (await read("document", "d1", tenant="t1"))[1] == "new"
+    asked = [("t1", "w1:0"), ("t1", "w1:1"), ("t2", "w1:0")]
+    assert await manager.applied_receipts(asked) == frozenset({("t1", "w1:0")})
+    key = manager.keys.receipt("t1", "w1:0")
+    assert 0 < sync_redis.pttl(key) <= 600_000
+    await manager.forget_receipts([("t1", "w1:0")])
+    assert await manager.applied_receipts(asked) == frozenset()
+    for bad in ("", "a b", "x" * 129, "{t2}"):
+        with pytest.raises(ValueError, match="invalid receipt"):
+            await manager.invalidate_scopes("t1", scopes, "test", receipt=bad)

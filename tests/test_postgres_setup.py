@@ -19,9 +19,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from tests.pg_server import PostgresServer, bin_dir
+from devtools.embedded import EmbeddedPostgres as PostgresServer
+from devtools.embedded import bin_dir, plugin_args, server_settings
 from worker.cli import cli
-from worker.embedded import plugin_args, server_settings
 from worker.sources.postgres import PostgresLogicalSource, ReplicationSetupError, plugin_fix
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,16 +21,17 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
+from devtools.embedded import EmbeddedPostgres as PostgresServer
+from devtools.embedded import free_port
 from shared_cache import CacheManager, get_with_cache_aside, register_metrics
 from shared_cache._prometheus import EVICTION_BUCKETS_MS, LATENCY_BUCKETS_MS, CacheCollector
-from tests.pg_server import PostgresServer
-from tests.redis_server import free_port
+from tasks.settings import TaskSettings
 from tests.waiting import wait_until
 from worker.app import make_app
 from worker.listener import Listener
 from worker.metrics import ListenerCollector, serve_metrics
 from worker.rules import Planner
-from worker.settings import WorkerSettings
+from worker.settings import ListenerSettings
 from worker.sources.postgres import PostgresLogicalSource
 from worker.sources.redis_pubsub import RedisPubSubSource
 
@@ -167,9 +168,9 @@ def scrape(port: int) -> str:
 
 
 async def test_listener_metrics_served_over_http(manager: CacheManager, redis_url: str, pg: PostgresServer) -> None:
-    ws = WorkerSettings(broker_url=f"{redis_url.rsplit('/', 1)[0]}/6")
+    ts = TaskSettings(broker_url=f"{redis_url.rsplit('/', 1)[0]}/6")
     planner = Planner()
-    listener = Listener(ws, planner, make_app(ws), manager, redis_url)
+    listener = Listener(ListenerSettings(), planner, make_app(ts), manager, redis_url, ts)
     listener.add_source(PostgresLogicalSource(pg.dsn, planner.tables, slot="prom_slot"))
     channel = f"{manager.prefix}changes"
     listener.add_source(RedisPubSubSource(redis_url, channel, planner.tables, listener.on_gap, listener.on_dead_letter))

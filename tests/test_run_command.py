@@ -43,7 +43,7 @@ def test_run_command_end_to_end() -> None:
     ports = re.findall(r"started on port (\d+)", out)
     assert len(ports) == 2
     leftover = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    for marker in (*ports, "worker.demo", "-m worker --status-every", "celery -A worker.app"):
+    for marker in (*ports, "devtools.demo", "-m worker --status-every", "celery -A worker.app"):
         assert marker not in leftover, f"{marker} still running:\n{leftover}"
     dirs = re.findall(r"started on port \d+ \(.*?, (/[^)]+)\)", out)
     assert len(dirs) == 2 and not any(os.path.exists(d) for d in dirs), dirs  # its temp directories are gone

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.embedded import EmbeddedRedis as RedisServer
+from devtools.embedded import free_port, server_binary
 from shared_cache import CacheManager, get_with_cache_aside
-from tests.redis_server import RedisServer, free_port, server_binary
 
 
 @pytest.fixture(scope="module")

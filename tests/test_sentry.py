@@ -44,10 +44,10 @@ def test_events_reach_sentry_without_cached_values(collector: str) -> None:
     code = textwrap.dedent(
         """
         import sentry_sdk
-        from tasks.settings import WorkerSettings
+        from tasks.settings import TaskSettings
         from worker.sentry import init_sentry
 
-        assert init_sentry(WorkerSettings(sentry_dsn=DSN))
+        assert init_sentry(TaskSettings(sentry_dsn=DSN))
         def task(record):
             cached_value = {"ssn": "SECRET-CACHED-VALUE"}
             sentry_sdk.add_breadcrumb(category="redis", message="SET key SECRET-CACHED-VALUE")
@@ -66,10 +66,10 @@ def test_events_reach_sentry_without_cached_values(collector: str) -> None:
 
 
 def test_no_dsn_no_sentry() -> None:
-    from tasks.settings import WorkerSettings
+    from tasks.settings import TaskSettings
     from worker.sentry import init_sentry
 
-    assert init_sentry(WorkerSettings(sentry_dsn="")) is False
+    assert init_sentry(TaskSettings(sentry_dsn="")) is False
 
 
 def test_scrub_drops_values() -> None:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from devtools.embedded import EmbeddedPostgres as PostgresServer
 from tests import stale_workload
-from tests.pg_server import PostgresServer
 
 
 @pytest.fixture(scope="module")

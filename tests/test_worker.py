@@ -14,16 +14,17 @@ import psycopg
 import pytest
 import redis
 
+from devtools.embedded import EmbeddedPostgres as PostgresServer
+from devtools.embedded import EmbeddedRedis as RedisServer
 from shared_cache import CacheManager
-from tasks.settings import WorkerSettings
+from tasks.settings import TaskSettings
 from tests.celery_worker import CeleryWorker
 from tests.node import Node
-from tests.pg_server import PostgresServer
-from tests.redis_server import RedisServer
 from tests.waiting import wait_until
 from worker.app import make_app
 from worker.listener import Listener
 from worker.rules import DEFAULT_RULES, Planner
+from worker.settings import ListenerSettings
 from worker.sources.postgres import PostgresLogicalSource
 from worker.sources.redis_pubsub import RedisPubSubSource
 
@@ -79,8 +80,8 @@ async def cache(env: dict[str, str]) -> AsyncIterator[CacheManager]:
     await mgr.close()
 
 
-def settings(env: dict[str, str], **overrides: Any) -> WorkerSettings:
-    return WorkerSettings(broker_url=env["SHARED_CACHE_WORKER_BROKER_URL"], **overrides)
+def settings(env: dict[str, str], **overrides: Any) -> TaskSettings:
+    return TaskSettings(broker_url=env["SHARED_CACHE_WORKER_BROKER_URL"], **overrides)
 
 
 @contextlib.asynccontextmanager
@@ -95,8 +96,11 @@ async def running(listener: Listener) -> AsyncIterator[Listener]:
 
 
 def new_listener(env: dict[str, str], cache: CacheManager, **overrides: Any) -> Listener:
-    ws = settings(env, **overrides)
-    return Listener(ws, Planner(DEFAULT_RULES), make_app(ws), cache, env["SHARED_CACHE_REDIS_URL"])
+    """A listener with the test's broker; ``overrides`` go to the setting model that has them."""
+    task_fields = {k: v for k, v in overrides.items() if k in TaskSettings.model_fields}
+    ts = settings(env, **task_fields)
+    ls = ListenerSettings(**{k: v for k, v in overrides.items() if k not in task_fields})
+    return Listener(ls, Planner(DEFAULT_RULES), make_app(ts), cache, env["SHARED_CACHE_REDIS_URL"], ts)
 
 
 def pg_source(pg: PostgresServer, listener: Listener, slot: str) -> PostgresLogicalSource:
@@ -243,7 +247,7 @@ async def test_redis_restart_under_the_listener_reconnects_and_invalidates_conse
         listener.add_source(source)
         async with running(listener):
             await wait_until(lambda: source.subscriptions == 1)
-            await listener.redis.sadd("shared_cache:worker:tenants", "t6")
+            await listener.redis.sadd(mgr.keys.worker_tenants, "t6")
             await mgr.set("document", "d6", {"v": 1}, "t6")
             gaps = listener.stats["conservative_invalidations"]
             server.stop()

@@ -12,19 +12,21 @@ import signal
 import sys
 
 from shared_cache import CacheManager
+from tasks.settings import TaskSettings
 from worker.app import app as celery_app
 from worker.listener import Listener
 from worker.rules import Planner, load_rules
-from worker.settings import WorkerSettings
+from worker.settings import ListenerSettings
 from worker.sources.build import build_sources
 from worker.sources.postgres import ReplicationSetupError
 
 
-async def main(settings: WorkerSettings, status_every: float) -> None:
+async def main(settings: ListenerSettings, status_every: float) -> None:
     cache = CacheManager.configure(memory_enabled=False)
     planner = Planner(load_rules(settings.rules_file))
-    listener = Listener(settings, planner, celery_app, cache, cache.settings.redis_url.get_secret_value())
-    for source in build_sources(settings, planner, listener, cache.settings.redis_url.get_secret_value()):
+    redis_url = cache.settings.redis_url.get_secret_value()
+    listener = Listener(settings, planner, celery_app, cache, redis_url, TaskSettings())
+    for source in build_sources(settings, planner, listener, redis_url):
         listener.add_source(source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -66,7 +68,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = WorkerSettings()
+        settings = ListenerSettings()
     except ValueError as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2

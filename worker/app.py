@@ -11,12 +11,12 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
-from tasks.settings import WorkerSettings
+from tasks.settings import TaskSettings
 from worker.sentry import init_sentry
 
 
-def make_app(settings: WorkerSettings | None = None) -> Celery:
-    settings = settings or WorkerSettings()
+def make_app(settings: TaskSettings | None = None) -> Celery:
+    settings = settings or TaskSettings()
     celery = Celery("shared_cache_worker", broker=settings.broker_url.get_secret_value())
     celery.conf.update(
         include=["tasks.invalidation", "tasks.warming"],

@@ -26,13 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import click
 import orjson
@@ -55,8 +54,9 @@ from shared_cache import (
     tenant_scopes,
     validate_tenant_id,
 )
-from tasks.settings import WorkerSettings
-from worker.listener import STATS_KEY, TENANTS_KEY
+from tasks.settings import TaskSettings
+from tasks.support import mask_url, secrets_of
+from worker.settings import ListenerSettings
 from worker.sources.postgres import plugin_fix, plugin_refused
 
 if TYPE_CHECKING:
@@ -92,45 +92,6 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return (BackendUnavailable, RedisError, RedisClusterException, OSError)
 
 
-# -- masking ------------------------------------------------------------------------------------
-_DSN_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (userinfo, ``?password=``, or libpq ``password=``) replaced by ``***``."""
-    if "://" not in url:
-        return _DSN_PASSWORD.sub(r"\1***", url)  # a libpq key=value DSN
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "***"
-    netloc = parts.netloc
-    if password is not None:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() in ("password", "pass", "passwd") else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _secrets_of(url: str) -> list[str]:
-    """The password(s) in ``url``, as written and percent-decoded (a message may quote either)."""
-    found: list[str] = []
-    if "://" in url:
-        with contextlib.suppress(ValueError):
-            password = urlsplit(url).password
-            if password:
-                found += [password, unquote(password)]
-            found += [v for k, v in parse_qsl(urlsplit(url).query) if k.lower() in ("password", "pass", "passwd")]
-    else:
-        found += [m.group(2).strip("'") for m in _DSN_PASSWORD.finditer(url)]
-    return sorted({s for s in found if s}, key=len, reverse=True)  # longest first: no partial leftovers
-
-
 # -- state --------------------------------------------------------------------------------------
 class State:
     """Options of the group, and settings read lazily (``--help`` works whatever the environment)."""
@@ -140,7 +101,8 @@ class State:
         self.redis_url = redis_url
         self.key_prefix = key_prefix
         self._cache: CacheSettings | None = None
-        self._worker: WorkerSettings | None = None
+        self._tasks: TaskSettings | None = None
+        self._listener: ListenerSettings | None = None
 
     @property
     def cache(self) -> CacheSettings:
@@ -166,13 +128,22 @@ class State:
         return self._cache
 
     @property
-    def worker(self) -> WorkerSettings:
-        if self._worker is None:
+    def tasks(self) -> TaskSettings:
+        if self._tasks is None:
             try:
-                self._worker = WorkerSettings()
+                self._tasks = TaskSettings()
             except ValidationError as exc:
                 raise BadInput(f"invalid worker settings: {_first_error(exc)}") from None
-        return self._worker
+        return self._tasks
+
+    @property
+    def listener(self) -> ListenerSettings:
+        if self._listener is None:
+            try:
+                self._listener = ListenerSettings()
+            except ValidationError as exc:
+                raise BadInput(f"invalid worker settings: {_first_error(exc)}") from None
+        return self._listener
 
     @property
     def redis_display(self) -> str:
@@ -184,11 +155,11 @@ class State:
         with contextlib.suppress(BadInput):
             urls += [
                 self.cache.redis_url.get_secret_value(),
-                self.worker.broker_url.get_secret_value(),
-                self.worker.database_url.get_secret_value(),
+                self.tasks.broker_url.get_secret_value(),
+                self.listener.database_url.get_secret_value(),
             ]
         for url in urls:
-            for secret in _secrets_of(url):
+            for secret in secrets_of(url):
                 text = text.replace(secret, "***")
         return " ".join(text.split())  # one line
 
@@ -474,7 +445,7 @@ def _warm_inline(state: State, tenant: str, collection: str) -> dict[str, Any]:
 
     overrides = {"SHARED_CACHE_REDIS_URL": state.redis_url, "SHARED_CACHE_KEY_PREFIX": state.key_prefix}
     with _environ({k: v for k, v in overrides.items() if v is not None}):
-        state.worker  # noqa: B018 (settings errors first, as usage errors)
+        state.tasks, state.listener  # noqa: B018 (settings errors first, as usage errors)
         _celery(state)  # the app the task proxy resolves to
         from tasks.warming import warm_collection
 
@@ -500,14 +471,14 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def _celery(state: State) -> Any:
-    settings = state.worker  # first: importing worker.app builds an app from the environment
+    settings = state.tasks  # first: importing worker.app builds an app from the environment
     from worker.app import make_app
 
     return make_app(settings)
 
 
 def _broker_display(state: State) -> str:
-    return mask_url(state.worker.broker_url.get_secret_value())
+    return mask_url(state.tasks.broker_url.get_secret_value())
 
 
 # -- dead letters -------------------------------------------------------------------------------
@@ -523,10 +494,10 @@ def dead_letters_list(state: State, count: int) -> None:
     """The newest dead letters first, with how many are waiting and how many each source parked."""
     from worker.dead_letters import DeadLetters
 
-    key = state.worker.dead_letter_key
+    key = state.listener.dead_letter_key
 
     async def work(manager: CacheManager) -> dict[str, Any]:
-        letters = DeadLetters(manager.redis.client(), key, state.worker.dead_letter_max)
+        letters = DeadLetters(manager.redis.client(), key, state.listener.dead_letter_max)
         waiting = int(await letters.client.llen(key))
         return {"key": key, "waiting": waiting, "parked": await letters.counts(), "entries": await letters.list(count)}
 
@@ -555,9 +526,9 @@ def dead_letters_replay(state: State, count: int) -> None:
     from worker.rules import Planner, load_rules
 
     try:
-        planner = Planner(load_rules(state.worker.rules_file))
+        planner = Planner(load_rules(state.listener.rules_file))
     except (OSError, ValueError) as exc:
-        raise BadInput(f"rules file {state.worker.rules_file}: {exc}") from None
+        raise BadInput(f"rules file {state.listener.rules_file}: {exc}") from None
     celery = _celery(state)
     try:
         result = state.run(lambda manager: _replay(state, manager, planner, celery, count))
@@ -577,7 +548,7 @@ async def _replay(state: State, manager: CacheManager, planner: Planner, celery:
     from worker.coalesce import Window
     from worker.dead_letters import DeadLetters
 
-    ws = state.worker
+    ws = state.listener
     client = manager.redis.client()
     letters = DeadLetters(client, ws.dead_letter_key, ws.dead_letter_max)
     # Entries that fail again are pushed back at the newest end: taking at most what is there now
@@ -601,10 +572,12 @@ async def _replay(state: State, manager: CacheManager, planner: Planner, celery:
                 planned.append(entry)
             else:
                 failed.append((entry, reason))
-        if window:
-            await client.sadd(TENANTS_KEY, *{*window.invalidations, *window.texts})  # as the listener does
+        if window:  # the tenants go where the listener leaves them
+            await client.sadd(
+                manager.keys.worker_tenants, *{*window.invalidations, *window.texts}
+            )  # as the listener does
             try:
-                sent = await asyncio.to_thread(_send_window, celery, window, ws)
+                sent = await asyncio.to_thread(_send_window, celery, window, state.tasks)
                 sent_ok = True
             except Exception as exc:  # the broker is away: nothing taken may be lost
                 error = state.scrub(f"broker {_broker_display(state)}: {_describe(exc)}")
@@ -646,7 +619,7 @@ def _plan_entry(entry: dict[str, Any], planner: Planner, window: Window) -> str 
     return None
 
 
-def _send_window(celery: Any, window: Window, ws: WorkerSettings) -> dict[str, int]:
+def _send_window(celery: Any, window: Window, ws: TaskSettings) -> dict[str, int]:
     """The listener's dispatch: one invalidation task per tenant, warming batches if warming is on."""
     sent = {"invalidation": 0, "warming": 0}
     for tenant, scopes, reason, _caused_at in window.invalidation_tasks():
@@ -718,16 +691,16 @@ async def _collect_stats(
     now = time.time()
     reports: list[dict[str, Any]] = []
     unreadable = 0
-    async for key in client.scan_iter(match=_glob_escape(manager.prefix) + "#stats:*", count=1000):
+    async for key in client.scan_iter(match=manager.keys.stats_pattern(), count=1000):
         report = _json_object(await client.get(key))
         if report is None:
             unreadable += 1 if await client.exists(key) else 0  # (gone meanwhile: expired)
             continue
         reports.append(report)
     reports.sort(key=lambda r: str(r.get("origin", "")))
-    listener = _json_object(await client.get(STATS_KEY))
+    listener = _json_object(await client.get(manager.keys.worker_stats))
     memory = await client.info("memory")
-    dead_key = state.worker.dead_letter_key
+    dead_key = state.listener.dead_letter_key
     parked = await client.hgetall(f"{dead_key}:counts")
     data: dict[str, Any] = {
         "prefix": manager.prefix,
@@ -761,20 +734,21 @@ async def _collect_stats(
 async def _tenant_keys(
     state: State, manager: CacheManager, client: Any, tenants: list[str], max_scan: int, max_tenants: int
 ) -> dict[str, Any]:
-    known = _int(await client.scard(TENANTS_KEY))
+    known = _int(await client.scard(manager.keys.worker_tenants))
     if not tenants:
-        async for raw in client.sscan_iter(TENANTS_KEY, count=500):
+        async for raw in client.sscan_iter(manager.keys.worker_tenants, count=500):
             with contextlib.suppress(ValueError):
                 tenants.append(validate_tenant_id(_text(raw)))
             if len(tenants) >= max_tenants:
                 break
     rows = []
     for tenant in sorted(set(tenants))[:max_tenants]:
-        tag = f"{manager.prefix}{{{tenant}}}:"
+        tag = manager.keys.tenant_tag(tenant) + ":"
         entries: dict[str, int] = {}
         other = 0
         complete = True
-        async for key in _scan_bounded(client, _glob_escape(tag) + "*", max_scan, state.cache.redis_cluster):
+        pattern = manager.keys.tenant_pattern(tenant)
+        async for key in _scan_bounded(client, pattern, max_scan, state.cache.redis_cluster):
             if key is None:
                 complete = False
                 break
@@ -1050,7 +1024,7 @@ async def _redis_checks(state: State) -> list[Check]:
                     f"no process listens on {channel}: fine if no service runs a memory tier now",
                 )
             )
-        report = _json_object(await client.get(STATS_KEY))
+        report = _json_object(await client.get(manager.keys.worker_stats))
         if report is None:
             checks.append(("WARN", "listener", "no report in the last minute: is `python -m worker` running?"))
         else:
@@ -1058,7 +1032,7 @@ async def _redis_checks(state: State) -> list[Check]:
             counters = report.get("stats")
             events = _int(counters.get("events")) if isinstance(counters, dict) else 0
             checks.append(("OK", "listener", f"reported {age:.0f} s ago, {events} events"))
-        dead = _int(await client.llen(state.worker.dead_letter_key))
+        dead = _int(await client.llen(state.listener.dead_letter_key))
         if dead:
             checks.append(
                 ("WARN", "dead letters", f"{dead} waiting: `shared-cache dead-letters list`, then `... replay`")
@@ -1072,7 +1046,7 @@ async def _redis_checks(state: State) -> list[Check]:
 
 
 def _broker_checks(state: State) -> list[Check]:
-    url = state.worker.broker_url.get_secret_value()
+    url = state.tasks.broker_url.get_secret_value()
     shown = mask_url(url)
     try:
         if urlsplit(url).scheme in ("redis", "rediss", "unix"):
@@ -1098,7 +1072,7 @@ def _broker_checks(state: State) -> list[Check]:
 def _database_checks(state: State, max_lag_bytes: int) -> list[Check]:
     import psycopg
 
-    ws = state.worker
+    ws = state.listener
     dsn = ws.database_url.get_secret_value()
     shown = mask_url(dsn)
     try:
@@ -1196,10 +1170,6 @@ def _wal2json_check(conn: Any) -> Check:
 
 
 # -- small helpers ------------------------------------------------------------------------------
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
-
-
 def _json_object(raw: Any) -> dict[str, Any] | None:
     if raw is None:
         return None

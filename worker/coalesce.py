@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared_cache._keys import Scope
+from shared_cache import Scope
 from worker.rules import Action, Invalidate, Warm
 
 

@@ -21,28 +21,29 @@ import orjson
 import redis.asyncio as aredis
 
 from shared_cache import CacheManager, validate_tenant_id
+from tasks.settings import TaskSettings
 from worker.coalesce import Window
 from worker.dead_letters import DeadLetters
 from worker.events import ChangeEvent
 from worker.rules import PlanError, Planner
-from worker.settings import WorkerSettings
+from worker.settings import ListenerSettings
 from worker.sources.base import ChangeSource
 
 log = logging.getLogger("shared_cache.worker")
-TENANTS_KEY = "shared_cache:worker:tenants"
-STATS_KEY = "shared_cache:worker:stats"  # JSON of the running listener's counters (expires in 60 s)
 
 
 class Listener:
     def __init__(
         self,
-        settings: WorkerSettings,
+        settings: ListenerSettings,
         planner: Planner,
         celery_app: Any,
         cache: CacheManager,
         redis_url: str,
+        tasks: TaskSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.tasks = tasks or TaskSettings()
         self.planner = planner
         self.celery = celery_app
         self.cache = cache
@@ -96,7 +97,7 @@ class Listener:
             await self.cache.invalidate_scopes(tenant, scopes, f"gap in {source}: {reason}")
 
     async def known_tenants(self) -> list[str]:
-        members = await self.redis.smembers(TENANTS_KEY)
+        members = await self.redis.smembers(self.cache.keys.worker_tenants)
         tenants = []
         for raw in members:
             with contextlib.suppress(ValueError):
@@ -120,7 +121,7 @@ class Listener:
 
     async def publish_report(self) -> dict[str, Any]:
         report = await self.report()
-        await self.redis.set(STATS_KEY, orjson.dumps(report), ex=60)
+        await self.redis.set(self.cache.keys.worker_stats, orjson.dumps(report), ex=60)
         return report
 
     # -- running ----------------------------------------------------------------------------
@@ -214,7 +215,8 @@ class Listener:
         while True:
             try:
                 if window:
-                    await self.redis.sadd(TENANTS_KEY, *window.invalidations.keys(), *window.texts.keys())
+                    tenants = self.cache.keys.worker_tenants
+                    await self.redis.sadd(tenants, *window.invalidations.keys(), *window.texts.keys())
                     await asyncio.get_running_loop().run_in_executor(self._sender, self._send, window)
                 for source, position in positions.items():
                     await source.confirm(position)
@@ -254,8 +256,8 @@ class Listener:
             self.stats["invalidation_tasks"] += 1
             for scope in scopes:  # invalidations by scope kind, for operators (worker.metrics)
                 self.stats[f"scopes:{scope[1] if len(scope) > 1 else 'tenant'}"] += 1
-        if self.settings.embedding_provider != "none":
-            for tenant, texts in window.warm_tasks(self.settings.embedding_batch_size):
+        if self.tasks.embedding_provider != "none":
+            for tenant, texts in window.warm_tasks(self.tasks.embedding_batch_size):
                 self.celery.send_task("shared_cache.warm_texts", args=[tenant, texts], queue="warming")
                 self.stats["warm_tasks"] += 1
 

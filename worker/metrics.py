@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from shared_cache._prometheus import CacheCollector
+from shared_cache import CacheCollector
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

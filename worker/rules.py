@@ -25,12 +25,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared_cache import (
+    Scope,
     agent_scopes,
     collection_scopes,
     document_update_scopes,
     resource_scopes,
 )
-from shared_cache._keys import Scope
 from worker.events import ChangeEvent
 
 RuleKind = Literal["document", "document_chunks", "agent", "collection", "resource"]

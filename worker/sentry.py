@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.settings import WorkerSettings
+from tasks.settings import TaskSettings
+from worker.settings import ListenerSettings
 
 _SENSITIVE_KEYS = ("record", "old_record", "value", "payload", "texts", "data", "args", "kwargs")
 
@@ -31,7 +32,7 @@ def scrub(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str
     return event
 
 
-def init_sentry(settings: WorkerSettings) -> bool:
+def init_sentry(settings: TaskSettings | ListenerSettings) -> bool:
     dsn = settings.sentry_dsn.get_secret_value()
     if not dsn:
         return False

@@ -1,5 +1,48 @@
-"""Settings of the worker: defined in ``tasks.settings`` (imports go worker -> tasks), re-exported here."""
+"""Settings of the change listener (``python -m worker``), from the environment.
 
-from tasks.settings import WorkerSettings
+Prefix ``SHARED_CACHE_WORKER_``, like the tasks' settings (``tasks.settings.TaskSettings``): one
+deployment sets one environment, and each process reads the part it needs.
+"""
 
-__all__ = ["WorkerSettings"]
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ListenerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHARED_CACHE_WORKER_", extra="ignore")
+
+    sources: list[Literal["postgres", "supabase", "redis"]] = Field(
+        default_factory=lambda: ["postgres"],  # type: ignore[arg-type]
+        description="Change sources the listener runs (JSON list).",
+    )
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@localhost:5432/postgres"),
+        description="Postgres DSN (a direct connection): the logical replication source, warm_collection texts.",
+    )
+    slot_name: str = Field("shared_cache", description="Logical replication slot (wal2json) the source owns.")
+    poll_interval_ms: int = Field(20, ge=1, description="How often the Postgres source polls its slot.")
+    poll_batch: int = Field(5000, ge=1, description="Most changes read from the slot per poll.")
+    supabase_url: str = Field("", description="Supabase project URL, for the realtime source.")
+    supabase_key: SecretStr = Field(SecretStr(""), description="Supabase key, for the realtime source.")
+    realtime_heartbeat_table: str = Field(
+        "shared_cache_heartbeat", description="Table whose row the realtime liveness probe updates."
+    )
+    realtime_probe_interval_s: float = Field(5.0, gt=0, description="Seconds between liveness probes.")
+    realtime_probe_timeout_s: float = Field(
+        10.0, gt=0, description="A probe change not back through the feed within this is an alert."
+    )
+    changes_channel: str = Field(
+        "shared_cache:changes", description="Redis pub/sub channel where services publish ChangeEvents."
+    )
+    rules_file: str = Field("", description="TOML file of table rules; empty = the built-in defaults.")
+    coalesce_window_ms: int = Field(
+        10, ge=0, description="Changes arriving within this window are planned and dispatched together."
+    )
+    dead_letter_key: str = Field("shared_cache:dead_letters", description="Redis list of parked bad events.")
+    dead_letter_max: int = Field(10_000, ge=1, description="Most dead letters kept (oldest dropped).")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of the listener's Prometheus metrics (0 = off).")
+    sentry_dsn: SecretStr = Field(SecretStr(""), description="Sentry DSN; empty disables Sentry.")

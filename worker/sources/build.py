@@ -7,14 +7,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from worker.rules import Planner
-from worker.settings import WorkerSettings
+from worker.settings import ListenerSettings
 from worker.sources.base import ChangeSource
 
 if TYPE_CHECKING:
     from worker.listener import Listener
 
 
-def build_sources(settings: WorkerSettings, planner: Planner, listener: Listener, redis_url: str) -> list[ChangeSource]:
+def build_sources(
+    settings: ListenerSettings, planner: Planner, listener: Listener, redis_url: str
+) -> list[ChangeSource]:
     sources: list[ChangeSource] = []
     for name in settings.sources:
         if name == "postgres":
@@ -54,7 +56,7 @@ def build_sources(settings: WorkerSettings, planner: Planner, listener: Listener
     return sources
 
 
-def rest_heartbeat(settings: WorkerSettings) -> Callable[[], Awaitable[None]]:
+def rest_heartbeat(settings: ListenerSettings) -> Callable[[], Awaitable[None]]:
     """Upsert the heartbeat row through Supabase's REST API (PostgREST), as the probe needs."""
     import httpx
 

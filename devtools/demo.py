@@ -1,4 +1,4 @@
-"""``./run`` (``python -m worker.demo``): the whole system on this machine, doing its job.
+"""``./run`` (``python -m devtools.demo``): the whole system on this machine, doing its job.
 
 Starts, as child processes it owns, a Redis server and a Postgres (unless
 ``SHARED_CACHE_REDIS_URL`` / ``SHARED_CACHE_WORKER_DATABASE_URL`` point at real ones), creates a
@@ -25,7 +25,8 @@ from typing import Any
 
 import orjson
 
-from worker.embedded import EmbeddedCeleryWorker, EmbeddedPostgres, EmbeddedRedis, end_process
+from devtools.embedded import EmbeddedCeleryWorker, EmbeddedPostgres, EmbeddedRedis, end_process
+from shared_cache import Keyspace
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "demo:"
@@ -127,7 +128,7 @@ class Status:
 
     def collect(self) -> dict[str, Any]:
         reports = []
-        for key in self.redis.scan_iter(match=f"{PREFIX}#stats:*", count=100):
+        for key in self.redis.scan_iter(match=Keyspace(PREFIX).stats_pattern(), count=100):
             raw = self.redis.get(key)
             if raw:
                 reports.append(orjson.loads(raw))
@@ -147,7 +148,7 @@ class Status:
             if latency.get("count"):
                 p50s.append(latency["p50"])
                 p99s.append(latency["p99"])
-        raw = self.redis.get("shared_cache:worker:stats")
+        raw = self.redis.get(Keyspace(PREFIX).worker_stats)
         listener = orjson.loads(raw)["stats"] if raw else {}
         reads = sum(tiers.values()) + misses
         now = time.monotonic()
@@ -314,7 +315,7 @@ class Demo:
 
         client = redis.Redis.from_url(redis_url)
         deadline = time.monotonic() + 60
-        while not client.exists("shared_cache:worker:stats"):
+        while not client.exists(Keyspace(PREFIX).worker_stats):
             if time.monotonic() > deadline or any(c.poll() is not None for c in self.children):
                 raise RuntimeError("the listener did not start")
             await asyncio.sleep(0.1)

@@ -1,0 +1,34 @@
+"""What a service installs, and what the worker application needs, as the project files say."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_library_wheel_holds_the_library_alone(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("shared_cache-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/", 1)[0] for name in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"shared_cache"}, top
+    assert "shared_cache/py.typed" in names
+    assert {"shared_cache/lua/write.lua", "shared_cache/lua/invalidate.lua"} <= set(names)
+    entry_points = [n for n in names if n.endswith("entry_points.txt")]
+    assert entry_points == [], "the library installs no commands: they belong to the worker application"
+
+
+def test_the_worker_application_declares_what_the_library_needs() -> None:
+    library = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    app = tomllib.loads((ROOT / "app" / "pyproject.toml").read_text())["project"]
+    assert set(library["dependencies"]) <= set(app["dependencies"])
+    assert set(app["scripts"]) == {"shared-cache", "shared-cache-worker"}
