@@ -12,17 +12,15 @@ from ._cache_aside import get_with_cache_aside
 from ._context import Context, with_context
 from ._coordinated import invalidate_document_update
 from ._events import EvictionEvent
-from ._keys import DATA_TYPE_PATTERN, TENANT_PATTERN, KeyPlan, build_plan
+from ._keys import DATA_TYPE_PATTERN, TENANT_PATTERN
 from ._keys import validate_tenant as validate_tenant_id
 from ._keyspace import Keyspace, Scope
 from ._manager import CacheManager
-from ._memory import MemoryTier
 from ._metrics import (
     METRIC_CACHE_HIT,
     METRIC_CACHE_MISS,
     METRIC_CACHE_SIZE,
     METRIC_LATENCY,
-    CacheStats,
 )
 from ._prometheus import CacheCollector, register_metrics
 from ._scopes import (
@@ -38,6 +36,7 @@ from ._serialization import deserialize_from_cache, serialize_for_cache
 from ._settings import CacheSettings
 from ._ttl import DEFAULT_TTLS, TTL_EXTENDED, TTL_PERMANENT, TTL_SHORT, TTL_STANDARD, ttl_for
 from .errors import (
+    BackendCommandError,
     BackendUnavailable,
     CorruptEntryError,
     InvalidKeyError,
@@ -60,8 +59,10 @@ async def track_cache_metrics(
 
 
 def get_cache_stats() -> dict[str, object]:
-    """Snapshot of the process's cache stats: hits, misses, hit ratio, p50/p99 per type and tier."""
-    return CacheManager.get_instance().stats.snapshot()
+    """Snapshot of the process's cache stats: hits, misses, hit ratio, p50/p99 per type and tier, and
+    the busiest tenants (hits, misses, hit ratio, p99; ``SHARED_CACHE_STATS_TOP_TENANTS`` of them)."""
+    manager = CacheManager.get_instance()
+    return manager.stats.snapshot(manager.settings.stats_top_tenants)
 
 
 __all__ = [
@@ -76,24 +77,21 @@ __all__ = [
     "TTL_PERMANENT",
     "TTL_SHORT",
     "TTL_STANDARD",
+    "BackendCommandError",
     "BackendUnavailable",
     "CacheCollector",
     "CacheManager",
     "CacheSettings",
-    "CacheStats",
     "Context",
     "CorruptEntryError",
     "EvictionEvent",
     "InvalidKeyError",
-    "KeyPlan",
     "Keyspace",
-    "MemoryTier",
     "Scope",
     "SerializationError",
     "SharedCacheError",
     "__version__",
     "agent_scopes",
-    "build_plan",
     "collection_scopes",
     "conversation_scopes",
     "deserialize_from_cache",

@@ -6,10 +6,12 @@ Pure code, no I/O. Layout (section 4.3 of the standard, with a Redis Cluster has
 
 Only the parts that are given appear. Every id goes through :func:`encode_id`, which keeps safe ids
 readable and turns anything else (``:``, ``*``, braces, control characters, very long strings) into
-an unambiguous encoded form, so no id can change which tenant or scope a key belongs to.
+an unambiguous encoded form, so no id can change which tenant or scope a key belongs to. Keys of the
+library's own bookkeeping (generations, leases) are spelled by :class:`~._keyspace.Keyspace`; they put
+``#`` right after the tenant tag, and a data type always starts with a letter, so the two never meet.
 
-Keys of the library's own bookkeeping (generations, leases, counters) put ``#`` right after the
-tenant tag; a data type always starts with a letter, so the two can never meet.
+A plan is built on the first read of an identity in a process, so it is built with little work: the
+hierarchy of each combination of given parts is computed once, at import.
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ import base64
 import hashlib
 import re
 import uuid
-from dataclasses import dataclass
+from itertools import compress
+from typing import NamedTuple
 
 from ._keyspace import Keyspace, Scope
 from .errors import InvalidKeyError
 
 TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 DATA_TYPE_PATTERN = r"[a-z][a-z0-9_]{0,63}"
-_TENANT_RE = re.compile(TENANT_PATTERN)
-_DATA_TYPE_RE = re.compile(DATA_TYPE_PATTERN)
-_SAFE_ID_RE = re.compile(r"[A-Za-z0-9_.@-]{1,100}")
+_tenant_ok = re.compile(TENANT_PATTERN).fullmatch
+_data_type_ok = re.compile(DATA_TYPE_PATTERN).fullmatch
+_safe_id = re.compile(r"[A-Za-z0-9_.@-]{1,100}").fullmatch
 _MAX_ENCODED_ID_BYTES = 72  # longer ids are hashed so that keys stay bounded
 
 # Scope kinds of a generation counter (ARCHITECTURE.md 3.1).
@@ -37,18 +40,42 @@ SCOPE_RESOURCE = "res"
 SCOPE_AGENT = "agent"
 SCOPE_CONVERSATION = "conv"
 SCOPE_COLLECTION = "coll"
+_PARTS = (SCOPE_AGENT, SCOPE_CONVERSATION, SCOPE_COLLECTION)
+
+
+# Tenants and data types already validated (a process sees few of them; bounded anyway).
+_valid_tenants: set[str] = set()
+_valid_types: set[str] = set()
+_VALID_MAX = 10_000
 
 
 def validate_tenant(tenant_id: object) -> str:
-    if not isinstance(tenant_id, str) or not _TENANT_RE.fullmatch(tenant_id):
+    if type(tenant_id) is not str or (tenant_id not in _valid_tenants and not _tenant_ok(tenant_id)):
         raise InvalidKeyError(f"invalid tenant_id {tenant_id!r}: expected a string matching {TENANT_PATTERN}")
+    if len(_valid_tenants) >= _VALID_MAX:
+        _valid_tenants.clear()
+    _valid_tenants.add(tenant_id)
     return tenant_id
 
 
 def validate_data_type(data_type: object) -> str:
-    if not isinstance(data_type, str) or not _DATA_TYPE_RE.fullmatch(data_type):
+    if type(data_type) is not str or (data_type not in _valid_types and not _data_type_ok(data_type)):
         raise InvalidKeyError(f"invalid data_type {data_type!r}: expected a string matching {DATA_TYPE_PATTERN}")
+    if len(_valid_types) >= _VALID_MAX:
+        _valid_types.clear()
+    _valid_types.add(data_type)
     return data_type
+
+
+def check_id(value: object, what: str = "resource_id") -> None:
+    """Refuse an id that is not a ``str``, an ``int`` or a ``UUID`` (``True``, ``1.0``, lists...).
+
+    Called before any cache is consulted: ``True`` and ``1.0`` compare equal to ``1`` and would
+    otherwise find what was cached for ``1``.
+    """
+    kind = type(value)
+    if kind is not str and kind is not int and kind is not uuid.UUID:
+        raise InvalidKeyError(f"invalid {what} {value!r}: expected a non-empty str, int or UUID")
 
 
 def encode_id(value: object, what: str = "resource_id") -> str:
@@ -58,11 +85,15 @@ def encode_id(value: object, what: str = "resource_id") -> str:
     unpadded base64url of their UTF-8 bytes, or ``~`` plus a 128-bit BLAKE2b digest when long. ``=``
     and ``~`` never occur in a safe id, so the mapping is injective (up to hash collisions).
     """
-    if isinstance(value, bool) or not isinstance(value, (str, int, uuid.UUID)):
-        raise InvalidKeyError(f"invalid {what} {value!r}: expected a non-empty str, int or UUID")
-    text = value if isinstance(value, str) else str(value)
-    if _SAFE_ID_RE.fullmatch(text):
-        return text
+    if type(value) is str:
+        if _safe_id(value):
+            return value
+        text: str = value
+    else:
+        check_id(value, what)
+        text = str(value)
+        if _safe_id(text):
+            return text
     if not text:
         raise InvalidKeyError(f"invalid {what} {value!r}: expected a non-empty str, int or UUID")
     raw = text.encode("utf-8", "surrogatepass")
@@ -76,26 +107,15 @@ def text_digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-# The six levels of section 10.2, most specific first, as (agent, conv, coll) presence flags.
-_SEED_LEVELS: tuple[tuple[bool, bool, bool], ...] = (
-    (True, True, True),
-    (True, True, False),
-    (True, False, True),
-    (False, False, True),
-    (True, False, False),
-    (False, False, False),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class KeyPlan:
+class KeyPlan(NamedTuple):
     """Everything the read and write paths need for one request identity, computed once.
 
     ``entry_keys`` are the hierarchy's keys, most specific first (writes go to ``entry_keys[0]``).
     ``gen_keys`` are the generation counters of the request's scopes, in the order tenant, type,
     resource, then agent, conversation, collection where given. ``level_gens[i]`` lists (0-based)
     which of them tag an entry at level ``i``. ``scopes`` are the same scopes as tuples, for the
-    memory tier's eviction index. ``mget_keys`` is what one lookup reads: entries, then generations.
+    memory tier. ``mget_keys`` is what one lookup reads: entries, generations, then the lease;
+    ``lookup_args`` the level count and, per level, its counters as 1-based digits (lookup.lua).
     """
 
     tenant_id: str
@@ -107,15 +127,47 @@ class KeyPlan:
     lease_key: str
     scopes: tuple[Scope, ...]
     mget_keys: tuple[str, ...]
+    lookup_args: tuple[int | str, ...]
 
 
-def tenant_tag(prefix: str, tenant_id: str) -> str:
-    return Keyspace(prefix).tenant_tag(tenant_id)
+class _Shape(NamedTuple):
+    """The hierarchy of one combination of given parts (agent, conversation, collection)."""
+
+    levels: tuple[tuple[int, ...], ...]  # per level, which of the given parts its key holds (indexes)
+    names: tuple[str, ...]
+    gens: tuple[tuple[int, ...], ...]  # per level, indexes into the plan's generation counters
+    lookup_args: tuple[int | str, ...]  # the level count, then each level's counters as 1-based digits
 
 
-def gen_key(prefix: str, scope: Scope) -> str:
-    """Redis key of a scope's generation counter."""
-    return Keyspace(prefix).generation(scope)
+# The six levels of section 10.2, most specific first, as (agent, conv, coll) presence flags.
+_SEED_LEVELS: tuple[tuple[bool, bool, bool], ...] = (
+    (True, True, True),
+    (True, True, False),
+    (True, False, True),
+    (False, False, True),
+    (True, False, False),
+    (False, False, False),
+)
+
+
+def _shape(given: tuple[bool, bool, bool]) -> _Shape:
+    levels: list[tuple[bool, bool, bool]] = [given]
+    for level in _SEED_LEVELS:
+        if level not in levels and all(g or not want for want, g in zip(level, given, strict=True)):
+            levels.append(level)
+    # generation counters: tenant, type, resource, then each given part in order
+    slot = {i: 3 + n for n, i in enumerate(i for i in range(3) if given[i])}
+    names = tuple("+".join(compress(_PARTS, level)) or "tenant" for level in levels)
+    gens = tuple((0, 1, 2, *(slot[i] for i in range(3) if level[i])) for level in levels)
+    present = [i for i in range(3) if given[i]]  # the given parts, in order
+    held = tuple(tuple(present.index(i) for i in range(3) if level[i]) for level in levels)
+    digits = tuple("".join(str(j + 1) for j in level) for level in gens)
+    return _Shape(held, names, gens, (len(levels), *digits))
+
+
+_SHAPES = {(a, b, c): _shape((a, b, c)) for a in (False, True) for b in (False, True) for c in (False, True)}
+_BASIC = _SHAPES[False, False, False].lookup_args
+_keyspaces: dict[str, Keyspace] = {}
 
 
 def build_plan(
@@ -134,50 +186,44 @@ def build_plan(
     agent = None if agent_id is None else encode_id(agent_id, "agent_id")
     conv = None if conversation_id is None else encode_id(conversation_id, "conversation_id")
     coll = None if collection_id is None else encode_id(collection_id, "collection_id")
-    given = (agent is not None, conv is not None, coll is not None)
-
-    levels: list[tuple[bool, bool, bool]] = [given]
-    for level in _SEED_LEVELS:
-        if level not in levels and all(g or not want for want, g in zip(level, given, strict=True)):
-            levels.append(level)
-
-    tag = tenant_tag(prefix, tenant)
-    scopes: list[Scope] = [(tenant,), (tenant, SCOPE_TYPE, dtype), (tenant, SCOPE_RESOURCE, dtype, res)]
-    part_gen: dict[int, int] = {}
-    for index, (kind, value) in enumerate(((SCOPE_AGENT, agent), (SCOPE_CONVERSATION, conv), (SCOPE_COLLECTION, coll))):
-        if value is not None:
-            scopes.append((tenant, kind, value))
-            part_gen[index] = len(scopes) - 1
-
-    entry_keys: list[str] = []
-    names: list[str] = []
-    level_gens: list[tuple[int, ...]] = []
-    for level in levels:
-        parts = [tag, dtype]
-        name_parts: list[str] = []
-        gens = [0, 1, 2]
-        for index, (kind, value) in enumerate(
-            ((SCOPE_AGENT, agent), (SCOPE_CONVERSATION, conv), (SCOPE_COLLECTION, coll))
-        ):
-            if level[index]:
-                parts += [kind, value]  # type: ignore[list-item]
-                name_parts.append(kind)
-                gens.append(part_gen[index])
-        parts.append(res)
-        entry_keys.append(":".join(parts))
-        names.append("+".join(name_parts) or "tenant")
-        level_gens.append(tuple(gens))
-
-    keyspace = Keyspace(prefix)
-    gen_keys = tuple(keyspace.generation(scope) for scope in scopes)
-    return KeyPlan(
-        tenant_id=tenant,
-        data_type=dtype,
-        entry_keys=tuple(entry_keys),
-        level_names=tuple(names),
-        level_gens=tuple(level_gens),
-        gen_keys=gen_keys,
-        lease_key=keyspace.lease(tenant, entry_keys[0]),
-        scopes=tuple(scopes),
-        mget_keys=(*entry_keys, *gen_keys),
+    keyspace = _keyspaces.get(prefix)
+    if keyspace is None:
+        keyspace = _keyspaces[prefix] = Keyspace(prefix)
+    tag = keyspace.tenant_tag(tenant)
+    base = f"{tag}:{dtype}:"
+    if agent is None and conv is None and coll is None:  # the common case, kept short
+        entry = base + res
+        scopes: tuple[Scope, ...] = ((tenant,), (tenant, SCOPE_TYPE, dtype), (tenant, SCOPE_RESOURCE, dtype, res))
+        gen_keys = keyspace.request_generations(tag, dtype, res, [])
+        lease = keyspace.lease(tenant, entry)
+        mget_keys = (entry, *gen_keys, lease)
+        return KeyPlan(tenant, dtype, (entry,), ("tenant",), ((0, 1, 2),), gen_keys, lease, scopes, mget_keys, _BASIC)
+    shape = _SHAPES[agent is not None, conv is not None, coll is not None]
+    given = [
+        (kind, value)
+        for kind, value in ((SCOPE_AGENT, agent), (SCOPE_CONVERSATION, conv), (SCOPE_COLLECTION, coll))
+        if value is not None
+    ]
+    parts = [f"{kind}:{value}" for kind, value in given]
+    entry_keys = tuple([base + "".join([parts[j] + ":" for j in level]) + res for level in shape.levels])
+    scopes = (
+        (tenant,),
+        (tenant, SCOPE_TYPE, dtype),
+        (tenant, SCOPE_RESOURCE, dtype, res),
+        *[(tenant, k, v) for k, v in given],
     )
+    gen_keys = keyspace.request_generations(tag, dtype, res, parts)
+    lease = keyspace.lease(tenant, entry_keys[0])
+    mget_keys = (*entry_keys, *gen_keys, lease)
+    return KeyPlan(
+        tenant, dtype, entry_keys, shape.names, shape.gens, gen_keys, lease, scopes, mget_keys, shape.lookup_args
+    )
+
+
+def tenant_tag(prefix: str, tenant_id: str) -> str:
+    return Keyspace(prefix).tenant_tag(tenant_id)
+
+
+def gen_key(prefix: str, scope: Scope) -> str:
+    """Redis key of a scope's generation counter."""
+    return Keyspace(prefix).generation(scope)

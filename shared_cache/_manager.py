@@ -1,51 +1,40 @@
-"""``CacheManager``: the singleton that owns the memory tier, the Redis tier and the stats.
+"""``CacheManager``: the process singleton, and the facade of sections 4.2, 7, 9.3 and 13.1.
 
-Methods of sections 4.2, 7, 9.3 and 13.1 of the standard can be called on the class
-(``await CacheManager.get(...)``, served by the singleton) or on an instance.
+It owns the parts (settings, key layout, memory tier, Redis tier, entry store, stats, eviction
+subscriber, stats publisher) and offers the standard's methods over them. Methods can be called on
+the class (``await CacheManager.get(...)``, served by the singleton) or on an instance. The read
+path, the batch path, counters and the reclaim sweep live in their own modules.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import re
-import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-import orjson
-
+from . import _counters, _reclaim
+from ._entry import Lookup
 from ._events import EvictionEvent
-from ._keys import (
-    KeyPlan,
-    build_plan,
-    encode_id,
-    gen_key,
-    text_digest,
-    validate_data_type,
-    validate_tenant,
-)
+from ._keys import KeyPlan, build_plan, text_digest, validate_tenant
 from ._keyspace import Keyspace, Scope
-from ._memory import MemoryTier, entry_value, time_left
+from ._memory import MemoryTier, entry_value
 from ._metrics import CacheStats
-from ._redis_tier import INVALIDATE, LEASE, WRITE, RedisTier
+from ._read import Hit, read_redis
+from ._redis_tier import RedisTier
+from ._reporter import REPORT_TTL_SECONDS, StatsPublisher, stats_report
 from ._scopes import agent_scopes, collection_scopes, conversation_scopes, resource_scopes, tenant_scopes
-from ._serialization import Deserializer, Serializer, deserialize_from_cache, serialize_for_cache
+from ._serialization import Deserializer, Serializer, serialize_for_cache
 from ._settings import CacheSettings
+from ._store import EntryStore
+from ._subscriber import EvictionSubscriber
 from ._ttl import ttl_for
-from .errors import BackendUnavailable, map_backend_errors
+from .errors import BackendUnavailable, InvalidKeyError
 
 T = TypeVar("T")
 _PLAN_CACHE_SIZE = 50_000
-RECEIPT_TTL_MS = 600_000
-_RECEIPT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-
-
-def check_receipt(receipt: object) -> str:
-    if not isinstance(receipt, str) or not _RECEIPT_RE.fullmatch(receipt):
-        raise ValueError(f"invalid receipt {receipt!r}: expected a string matching [A-Za-z0-9_.:-]{{1,128}}")
-    return receipt
+_RECEIPT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 
 
 class _singleton_method(Generic[T]):
@@ -59,32 +48,10 @@ class _singleton_method(Generic[T]):
         return self.func.__get__(cls.get_instance() if obj is None else obj, cls)  # type: ignore[no-any-return]
 
 
-class Lookup(NamedTuple):
-    """What one MGET of a plan's entries and generations says."""
-
-    level: int  # 1-based level whose entry is current, 0 on a miss
-    payload: bytes  # the winning entry's payload (b"" on a miss)
-    expires_at: float  # its wall-clock expiry in seconds, 0.0 for none
-    tag: bytes  # on a miss: level 1's current generations, to tag the write with
-    stale: tuple[tuple[str, bytes], ...]  # (key, tag) of entries found stale, to reclaim
-
-
-def parse_lookup(plan: KeyPlan, reply: list[bytes | None]) -> Lookup:
-    """Pick the most specific entry whose tag equals its scopes' current generations (pure)."""
-    n = len(plan.entry_keys)
-    gens = [g or b"0" for g in reply[n:]]
-    level_gens = plan.level_gens
-    stale: list[tuple[str, bytes]] = []
-    for i in range(n):
-        raw = reply[i]
-        if raw is None:
-            continue
-        tag, _, rest = raw.partition(b"|")
-        expiry, found, payload = rest.partition(b"|")
-        if found and expiry.isdigit() and tag == b",".join([gens[j] for j in level_gens[i]]):
-            return Lookup(i + 1, payload, int(expiry) / 1000.0, b"", tuple(stale))
-        stale.append((plan.entry_keys[i], tag[:64]))
-    return Lookup(0, b"", 0.0, b",".join([gens[j] for j in level_gens[0]]), tuple(stale))
+def check_receipt(receipt: object) -> str:
+    if not isinstance(receipt, str) or not 0 < len(receipt) <= 128 or not _RECEIPT_CHARS.issuperset(receipt):
+        raise InvalidKeyError(f"invalid receipt {receipt!r}: expected a string matching [A-Za-z0-9_.:-]{{1,128}}")
+    return receipt
 
 
 class CacheManager:
@@ -93,8 +60,7 @@ class CacheManager:
     _instance: ClassVar[CacheManager | None] = None
 
     def __init__(self, settings: CacheSettings | None = None) -> None:
-        self.settings = settings or CacheSettings()
-        s = self.settings
+        self.settings = s = settings or CacheSettings()
         self.prefix = s.key_prefix
         self.keys = Keyspace(s.key_prefix)
         self.memory: MemoryTier | None = (
@@ -102,11 +68,13 @@ class CacheManager:
         )
         self.redis = RedisTier(s)
         self.stats = CacheStats()
+        self.store = EntryStore(self.redis, self.keys, s, self.stats)
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._seq = itertools.count(1)
         self._tokens = itertools.count(1)
         self._plans: dict[Hashable, KeyPlan] = {}
-        self.subscriber: Any = None  # EvictionSubscriber, started by start()
+        self.subscriber: EvictionSubscriber | None = None
+        self.publisher: StatsPublisher | None = None
 
     # -- singleton ---------------------------------------------------------------------------
     @classmethod
@@ -124,12 +92,14 @@ class CacheManager:
         elif overrides:
             settings = settings.model_copy(update=overrides)
         old = cls._instance
-        if old is not None and old.subscriber is not None:
-            old.subscriber.stop_soon()
+        if old is not None:
+            for part in (old.subscriber, old.publisher):
+                if part is not None:
+                    part.stop_soon()
         cls._instance = cls(settings)
         return cls._instance
 
-    # -- plans -------------------------------------------------------------------------------
+    # -- plans and lookups -----------------------------------------------------------------------
     def plan(
         self,
         data_type: Any,
@@ -152,100 +122,9 @@ class CacheManager:
     def new_token(self) -> str:
         return f"{self.origin}:{next(self._tokens)}"
 
-    # -- Redis primitives ------------------------------------------------------------------------
     async def lookup(self, plan: KeyPlan) -> Lookup:
-        """Every level and every generation in one MGET: one round trip, a plain command."""
-        return parse_lookup(plan, await self.redis.call("MGET", *plan.mget_keys))
-
-    async def reclaim_and_lease(self, plan: KeyPlan, stale: tuple[tuple[str, bytes], ...], token: str) -> bool:
-        """Delete entries found stale (if still so) and, with a token, try to take the lease."""
-        keys = [key for key, _ in stale]
-        args: list[Any] = [tag for _, tag in stale]
-        reply = await self.redis.script(LEASE, [*keys, plan.lease_key], [*args, token, self.settings.lease_ms])
-        return bool(reply)
-
-    async def store(
-        self,
-        plan: KeyPlan,
-        tag: bytes | str,
-        payload: bytes,
-        ttl_seconds: int,
-        lease_token: str = "",
-    ) -> bool:
-        keys = (plan.entry_keys[0], *plan.gen_keys, plan.lease_key, self.permanent_set(plan.tenant_id))
-        expires_ms = int((time.time() + ttl_seconds) * 1000) if ttl_seconds > 0 else 0
-        member = "\n".join((plan.entry_keys[0], *plan.gen_keys)) if ttl_seconds == 0 else ""
-        args = [tag, payload, ttl_seconds * 1000, lease_token, expires_ms, member]
-        return bool(await self.redis.script(WRITE, keys, args))
-
-    def permanent_set(self, tenant_id: str) -> str:
-        """Set of a tenant's entries written without expiry (``key\ngen_key...`` members)."""
-        return self.keys.permanent(tenant_id)
-
-    async def reclaim_permanent(self, tenant_id: str, batch: int = 500) -> int:
-        """Delete the tenant's invalidated entries that have no expiry; returns how many.
-
-        Entries with a TTL are reclaimed by Redis itself, and any entry is deleted when a read
-        meets it stale; an entry written with ``TTL_PERMANENT`` and never read again after an
-        invalidation would stay forever without this sweep (the worker runs it periodically).
-        It walks the tenant's set with SSCAN, in batches, off the read and invalidation paths.
-        """
-        key = self.permanent_set(validate_tenant(tenant_id))
-        cursor, deleted = 0, 0
-        while True:
-            cursor, members = await self.redis.call("SSCAN", key, cursor, "COUNT", batch)
-            if members:
-                deleted += await self._reclaim_batch(key, members)
-            if int(cursor) == 0:
-                return deleted
-
-    async def _reclaim_batch(self, set_key: str, members: list[bytes]) -> int:
-        entries = [m.decode().split("\n") for m in members]
-        client = self.redis.client()
-        with map_backend_errors():
-            pipe = client.pipeline(transaction=False)
-            for parts in entries:
-                pipe.mget(parts)
-            replies = await pipe.execute()
-        stale: list[tuple[str, bytes]] = []
-        gone: list[bytes] = []
-        for member, parts, reply in zip(members, entries, replies, strict=True):
-            raw = reply[0]
-            tag = raw.partition(b"|")[0] if raw is not None else b""
-            if raw is None or tag != b",".join([g or b"0" for g in reply[1:]]):
-                gone.append(member)
-                if raw is not None:
-                    stale.append((parts[0], tag))
-        if stale:  # deleted only if still stale (lease.lua), in the tenant's slot
-            keys = [k for k, _ in stale]
-            await self.redis.script(LEASE, [*keys, set_key], [*[t for _, t in stale], "", 0])
-        if gone:
-            await self.redis.call("SREM", set_key, *gone)
-        return len(stale)
-
-    async def publish_eviction(
-        self,
-        tenant_id: str,
-        scopes: list[Scope],
-        gen_keys: list[str],
-        reason: str,
-        caused_at: float | None = None,
-        receipt: str | None = None,
-    ) -> None:
-        """Bump ``gen_keys`` and publish one event for ``scopes`` in one round trip, then evict locally;
-        with a ``receipt``, the same script records that this invalidation was applied."""
-        event = EvictionEvent(tenant_id, tuple(scopes), next(self._seq), self.origin, reason, caused_at=caused_at)
-        keys = gen_keys
-        args: list[Any] = [self.settings.eviction_channel, event.to_json()]
-        if receipt is not None:
-            keys = [*gen_keys, self.keys.receipt(tenant_id, check_receipt(receipt))]
-            args.append(RECEIPT_TTL_MS)
-        try:
-            await self.redis.script(INVALIDATE, keys, args)
-        finally:
-            # Local memory goes whatever Redis said: never serve locally what we meant to drop.
-            if self.memory is not None:
-                self.memory.evict_scopes(scopes)
+        """What Redis holds for a plan: one MGET of its levels, generations and lease."""
+        return await self.store.lookup(plan)
 
     # -- basic operations (section 4.2) ----------------------------------------------------------
     @_singleton_method
@@ -260,6 +139,7 @@ class CacheManager:
         deserializer: Deserializer | None = None,
     ) -> Any:
         """The cached value (memory, then the Redis hierarchy) or None. Never raises for Redis."""
+        plan = self.plan(data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
         ident = (data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
         memory = self.memory
         if memory is not None:
@@ -270,40 +150,11 @@ class CacheManager:
                 except Exception:
                     memory.delete(ident)
                     self.stats.error("deserialize")
-        plan = self.plan(*ident)
-        if memory is not None and not self.listening:
-            await self.start()
-        seq = memory.eviction_seq if memory is not None else 0
-        try:
-            found = await self.lookup(plan)
-            if found.stale:
-                await self.reclaim_and_lease(plan, found.stale, "")
-        except BackendUnavailable:
-            self.stats.error("redis")
-            return None
-        if found.level == 0:
-            return None
-        try:
-            value = deserialize_from_cache(found.payload, data_type, deserializer)
-        except Exception:
-            await self._drop_corrupt(plan.entry_keys[found.level - 1])
-            return None
-        self.remember(ident, plan, found, seq)
-        return value
-
-    def remember(self, ident: Hashable, plan: KeyPlan, found: Lookup, seq: int, decoded: Any = None) -> None:
-        """Keep a Redis hit in the memory tier, unless an eviction came in since the lookup began."""
-        memory = self.memory
-        if memory is None or memory.eviction_seq != seq:
-            return
-        ttl = time_left(found.expires_at)
-        if ttl is None:
-            return
-        i = found.level - 1
-        if decoded is None:
-            memory.set(ident, found.payload, ttl, plan.entry_keys[i], plan.level_names[i], plan.scopes)
-        else:
-            memory.set(ident, found.payload, ttl, plan.entry_keys[i], plan.level_names[i], plan.scopes, decoded)
+            if not self.listening:
+                await self.start()
+        seq = memory.seq if memory is not None else 0
+        found = await read_redis(self.store, memory, self.stats, plan, ident, deserializer, seq)
+        return found.value if isinstance(found, Hit) else None
 
     @_singleton_method
     async def set(
@@ -318,14 +169,14 @@ class CacheManager:
         ttl: int | None = None,
         serializer: Serializer | None = None,
     ) -> bool:
-        """Store ``value`` at the most specific key. Raises ``SerializationError`` for values with
-        no encoding; returns False (and counts it) if Redis is unavailable."""
+        """Store ``value`` at the most specific key. Raises ``SerializationError`` for values the cache
+        cannot give back unchanged; returns False (and counts it) if Redis is unavailable."""
         ident = (data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
         plan = self.plan(*ident)
         payload = serialize_for_cache(value, data_type, serializer)
         seconds = ttl_for(data_type, ttl, self.settings.ttl_jitter)
         try:
-            stored = await self.store(plan, "", payload, seconds)
+            stored = await self.store.write(plan, "", payload, seconds)
         except BackendUnavailable:
             self.stats.error("redis")
             stored = False
@@ -378,21 +229,36 @@ class CacheManager:
             return -2
         return -1 if pttl < 0 else max(0, round(pttl / 1000))
 
+    # -- invalidation (section 7) ----------------------------------------------------------------
+    async def publish_eviction(
+        self,
+        tenant_id: str,
+        scopes: list[Scope],
+        reason: str,
+        caused_at: float | None = None,
+        receipt: str | None = None,
+        bump: bool = True,
+    ) -> None:
+        """Bump ``scopes`` and publish one event for them in one round trip, then evict locally (in
+        O(1) whatever they cover); with a ``receipt``, the same script records that it was applied."""
+        event = EvictionEvent(tenant_id, tuple(scopes), next(self._seq), self.origin, reason, caused_at=caused_at)
+        try:
+            if bump:
+                await self.store.invalidate(tenant_id, scopes, event, receipt)
+            else:
+                await self.store.announce(event)
+        finally:
+            # Local memory goes whatever Redis said: never serve locally what we meant to drop.
+            if self.memory is not None:
+                self.memory.evict_scopes(scopes)
+
     async def _announce(self, tenant_id: str, scopes: list[Scope], reason: str) -> None:
         """Evict ``scopes`` from every node's memory tier without bumping generations."""
         try:
-            await self.publish_eviction(tenant_id, scopes, [], reason)
+            await self.publish_eviction(tenant_id, scopes, reason, bump=False)
         except BackendUnavailable:
             self.stats.error("redis")
 
-    async def _drop_corrupt(self, key: str) -> None:
-        self.stats.error("corrupt_entry")
-        try:
-            await self.redis.call("DEL", key)
-        except BackendUnavailable:
-            self.stats.error("redis")
-
-    # -- invalidation (section 7) ----------------------------------------------------------------
     @_singleton_method
     async def invalidate(
         self,
@@ -411,7 +277,7 @@ class CacheManager:
         Redis cannot record the invalidation: the caller must know it did not happen.
         """
         scopes = resource_scopes(tenant_id, data_type, resource_id)
-        await self.publish_eviction(scopes[0][0], scopes, [gen_key(self.prefix, scopes[0])], "invalidate")
+        await self.publish_eviction(scopes[0][0], scopes, "invalidate")
 
     @_singleton_method
     async def invalidate_scopes(
@@ -429,9 +295,10 @@ class CacheManager:
         tenant = validate_tenant(tenant_id)
         checked = [s for s in scopes if s and s[0] == tenant]
         if len(checked) != len(scopes):
-            raise ValueError(f"every scope must belong to tenant {tenant!r}: {scopes!r}")
-        gen_keys = [self.keys.generation(s) for s in checked]
-        await self.publish_eviction(tenant, checked, gen_keys, reason, caused_at, receipt)
+            raise InvalidKeyError(f"every scope must belong to tenant {tenant!r}: {scopes!r}")
+        await self.publish_eviction(
+            tenant, checked, reason, caused_at, None if receipt is None else check_receipt(receipt)
+        )
 
     async def applied_receipts(self, receipts: Iterable[tuple[str, str]]) -> frozenset[tuple[str, str]]:
         """Which ``(tenant_id, receipt)`` invalidations were applied (receipts live 10 minutes).
@@ -442,32 +309,19 @@ class CacheManager:
         by_tenant: dict[str, list[str]] = {}
         for tenant, receipt in receipts:
             by_tenant.setdefault(validate_tenant(tenant), []).append(check_receipt(receipt))
-        if not by_tenant:
-            return frozenset()
-        client = self.redis.client()
-        with map_backend_errors():
-            pipe = client.pipeline(transaction=False)
-            for tenant, ids in by_tenant.items():
-                pipe.mget([self.keys.receipt(tenant, r) for r in ids])
-            replies = await pipe.execute()
-        return frozenset(
-            (tenant, r)
-            for (tenant, ids), reply in zip(by_tenant.items(), replies, strict=True)
-            for r, value in zip(ids, reply, strict=True)
-            if value is not None
-        )
+        commands = [("MGET", *(self.keys.receipt(t, r) for r in ids)) for t, ids in by_tenant.items()]
+        replies = await self.redis.call_many(commands)
+        applied: set[tuple[str, str]] = set()
+        for (tenant, ids), reply in zip(by_tenant.items(), replies, strict=True):
+            if isinstance(reply, BaseException):
+                raise reply
+            applied.update((tenant, r) for r, value in zip(ids, reply, strict=True) if value is not None)
+        return frozenset(applied)
 
     async def forget_receipts(self, receipts: Iterable[tuple[str, str]]) -> None:
         """Delete receipts nobody needs any more (they also expire by themselves)."""
         keys = [self.keys.receipt(validate_tenant(t), check_receipt(r)) for t, r in receipts]
-        if not keys:
-            return
-        client = self.redis.client()
-        with map_backend_errors():
-            pipe = client.pipeline(transaction=False)
-            for key in keys:  # one command per key: on a cluster the tenants' slots differ
-                pipe.unlink(key)
-            await pipe.execute()
+        await self.redis.call_many([("UNLINK", key) for key in keys])  # a key per command: slots differ
 
     @_singleton_method
     async def invalidate_agent_complete(self, tenant_id: str, agent_id: Any) -> None:
@@ -487,6 +341,12 @@ class CacheManager:
     async def invalidate_tenant(self, tenant_id: str) -> None:
         """Everything of one tenant (offboarding, key rotation): one generation bump."""
         await self.invalidate_scopes(tenant_id, tenant_scopes(tenant_id), "tenant")
+
+    @_singleton_method
+    async def reclaim_permanent(self, tenant_id: str, batch: int = 500) -> int:
+        """Delete the tenant's invalidated entries that have no expiry; returns how many (see
+        ``_reclaim``; the worker's beat schedule runs it for the tenants it knows)."""
+        return await _reclaim.reclaim_permanent(self.store, validate_tenant(tenant_id), batch)
 
     # -- typed helpers (sections 4.2 and 11) ---------------------------------------------------
     @staticmethod
@@ -509,6 +369,8 @@ class CacheManager:
 
     @staticmethod
     def query_resource_id(query: str, params: Mapping[str, Any]) -> str:
+        import orjson
+
         if not isinstance(query, str):
             raise ValueError(f"query must be a str, got {type(query).__name__}")
         body = orjson.dumps({"q": query, "p": params}, option=orjson.OPT_SORT_KEYS).decode()
@@ -546,12 +408,6 @@ class CacheManager:
         return await self.set("agent_config", agent_id, config, tenant_id, ttl=ttl)
 
     # -- counters (section 9.3) ------------------------------------------------------------------
-    def _counter_key(self, counter_type: str, resource_id: Any, tenant_id: str) -> str:
-        tenant = validate_tenant(tenant_id)
-        kind = validate_data_type(counter_type)
-        res = "-" if resource_id is None else encode_id(resource_id)
-        return self.keys.counter(tenant, kind, res)
-
     @_singleton_method
     async def increment_counter(
         self,
@@ -563,96 +419,62 @@ class CacheManager:
     ) -> int | float:
         """Add ``amount`` to a tenant's counter; ``metadata`` items are counted as sub-totals.
         Returns the new total. Raises ``BackendUnavailable`` when Redis is down (counts are data)."""
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-            raise ValueError(f"counter amount must be a number, got {amount!r}")
-        key = self._counter_key(counter_type, resource_id, tenant_id)
-        command = "HINCRBY" if isinstance(amount, int) else "HINCRBYFLOAT"
-        total = await self.redis.call(command, key, "total", amount)
-        for name, value in (metadata or {}).items():
-            await self.redis.call(command, key, f"{name}={value}", amount)
-        return _number(total)
+        return await _counters.increment(self.redis, self.keys, counter_type, amount, resource_id, tenant_id, metadata)
 
     @_singleton_method
     async def get_counter(
         self, scope: str, resource_id: Any = None, tenant_id: str = "", metadata: Mapping[str, Any] | None = None
     ) -> int | float:
         """A counter's total, or the sub-total of one ``metadata`` item; 0 if never incremented."""
-        key = self._counter_key(scope, resource_id, tenant_id)
-        field = "total"
-        if metadata:
-            ((name, value),) = metadata.items()
-            field = f"{name}={value}"
-        return _number(await self.redis.call("HGET", key, field))
+        return await _counters.read(self.redis, self.keys, scope, resource_id, tenant_id, metadata)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the eviction subscriber on the running loop (called on first use if needed)."""
+        """Start the eviction subscriber and the stats publisher on the running loop (called on first
+        use). The first read waits for the subscription at most the connect timeout, and not at all
+        while the breaker says Redis is down: a memory tier is flushed when it subscribes, so reading
+        on meanwhile is safe."""
         if self.memory is None or not self.settings.subscriber_enabled:
             return
         if self.subscriber is not None:
             if self.subscriber.alive:
                 return
             self.subscriber.stop_soon()
-        from ._subscriber import EvictionSubscriber
-
-        self.subscriber = EvictionSubscriber(self)
-        await self.subscriber.start()
-
-    def stats_key(self, origin: str | None = None) -> str:
-        return self.keys.stats(origin or self.origin)
-
-    def stats_report(self) -> dict[str, Any]:
-        """This process's stats: the snapshot, the memory tier, and what its subscriber measured."""
-        from ._metrics import _percentile
-
-        report: dict[str, Any] = {"origin": self.origin, "at": time.time(), **self.stats.snapshot()}
-        if self.memory is not None:
-            report["memory"] = {"entries": len(self.memory), "bytes": self.memory.bytes}
-        sub = self.subscriber
-        if sub is not None:
-            report["subscriber"] = {
-                "connects": sub.connects,
-                "events": sub.events,
-                "evicted": sub.evicted,
-                "malformed": sub.malformed,
-                "propagation_ms": {
-                    "p50": _percentile(list(sub.propagation_ms), 0.5),
-                    "p99": _percentile(list(sub.propagation_ms), 0.99),
-                },
-                "commit_to_evict_ms": {
-                    "p50": _percentile(list(sub.commit_to_evict_ms), 0.5),
-                    "p99": _percentile(list(sub.commit_to_evict_ms), 0.99),
-                    "count": len(sub.commit_to_evict_ms),
-                },
-            }
-        return report
-
-    async def publish_stats(self) -> None:
-        """Leave ``stats_report()`` in Redis for a minute (read by ``shared-cache stats``)."""
-        await self.redis.call("SET", self.stats_key(), orjson.dumps(self.stats_report()), "EX", 60)
+        if self.publisher is not None:
+            self.publisher.stop_soon()
+        self.subscriber = EvictionSubscriber(
+            self.memory, self.settings.eviction_channel, self.redis.node_client, self.stats, self.origin
+        )
+        if self.settings.stats_publish_seconds > 0:
+            self.publisher = StatsPublisher(self.publish_stats, self.settings.stats_publish_seconds)
+            self.publisher.start()
+        wait = 0.0 if self.redis.breaker.is_open else min(1.0, self.settings.connect_timeout_seconds)
+        await self.subscriber.start(wait)
 
     @property
     def listening(self) -> bool:
         """True if no subscriber is needed or it runs on the current loop."""
         if self.memory is None or not self.settings.subscriber_enabled:
             return True
-        return self.subscriber is not None and bool(self.subscriber.alive)
+        return self.subscriber is not None and self.subscriber.alive
+
+    def stats_report(self) -> dict[str, Any]:
+        """This process's stats: the snapshot, the memory tier, and what its subscriber measured."""
+        return stats_report(self.origin, self.stats, self.memory, self.subscriber, self.settings.stats_top_tenants)
+
+    async def publish_stats(self) -> None:
+        """Leave ``stats_report()`` in Redis for a minute (read by ``shared-cache stats``)."""
+        import orjson
+
+        report = orjson.dumps(self.stats_report())
+        await self.redis.call("SET", self.keys.stats(self.origin), report, "EX", REPORT_TTL_SECONDS)
 
     async def close(self) -> None:
-        if self.subscriber is not None:
-            await self.subscriber.stop()
-            self.subscriber = None
+        for part in (self.subscriber, self.publisher):
+            if part is not None:
+                await part.stop()
+        self.subscriber = self.publisher = None
         await self.redis.close()
 
     def __repr__(self) -> str:
         return f"CacheManager(origin={self.origin!r}, memory={'on' if self.memory is not None else 'off'})"
-
-
-def _number(raw: Any) -> int | float:
-    if raw is None:
-        return 0
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)

@@ -1,34 +1,46 @@
-"""The in-process memory tier: a bounded LRU map with a TTL cap and a scope index.
+"""The in-process memory tier: a bounded LRU map with a TTL cap, and scope evictions in O(1).
 
-Like a cachetools cache it does one thing. Entries keep the encoded payload (not the live object),
-so every hit hands the caller a fresh object it may mutate freely; immutable scalars are kept
-decoded. Each entry is indexed under its generation scopes so an eviction event for a scope
-(a tenant, a type, a collection...) drops exactly its entries in time proportional to them.
-``timer`` is injectable so tests move time instead of sleeping; the default, ``perf_counter``, is
-the clock the read path already reads, so a hit costs no extra clock call.
+Like a cachetools cache it does one thing. Entries keep the encoded payload (not the live object), so
+every hit hands the caller a fresh object it may mutate freely; immutable scalars are kept decoded.
+
+Dropping a scope (a tenant, a type, a collection...) costs the same whatever it covers: the tier keeps
+an eviction sequence number ``seq`` and, per evicted scope, the ``seq`` of its last eviction. Each
+entry remembers the ``seq`` under which it was last known valid (``checked``). A hit on an entry
+checked at the current ``seq`` needs no more than one comparison; otherwise each of the entry's scopes
+(three to six) is compared with its last eviction once, and the entry is either re-marked valid or
+dropped then. An entry is never served after an eviction of one of its scopes. Eviction records older
+than the TTL cap are forgotten: every entry stored before them has expired by then.
+
+``timer`` is injectable so tests move time instead of sleeping; the default, ``perf_counter``, is the
+clock the read path already reads, so a hit costs no extra clock call.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
 from ._keyspace import Scope
 from ._serialization import KIND_CUSTOM, KIND_EMBEDDING, KIND_JSON, KIND_NONE, decode_embedding
 
-# How an entry holds its value (see MemoryEntry.kind).
+# How an entry holds its value (MemoryEntry[KIND]).
 HOLD_VALUE = 0  # immutable scalar, returned as is
 HOLD_JSON = 1  # JSON body, decoded per hit
 HOLD_EMBEDDING = 2  # embedding payload, decoded per hit
 HOLD_CUSTOM = 3  # JSON body of a custom serializer, passed through the caller's deserializer
 HOLD_FLAT = 4  # dict or list of scalars: a shallow copy is a full copy, and 4x cheaper than a decode
 
+# A memory entry is a list (mutable: CHECKED moves forward on a hit): these are its slots.
+EXPIRES, KIND, DATA, KEY, LEVEL, SIZE, SCOPES, CHECKED, PAYLOAD = range(9)
+MemoryEntry = list[Any]
+
 _SCALARS = (str, int, float, bool, type(None))
 _FLAT_MAX_ITEMS = 64
+_UNDECODED: Any = object()
 
 
 def _is_flat(value: Any) -> bool:
@@ -41,68 +53,41 @@ def _is_flat(value: Any) -> bool:
     return len(value) <= _FLAT_MAX_ITEMS and all(isinstance(v, _SCALARS) for v in items)
 
 
-class MemoryEntry(NamedTuple):
-    expires_at: float
-    kind: int
-    data: Any
-    key: str
-    level: str
-    size: int
-    scopes: tuple[Scope, ...]
-
-
-_UNDECODED: Any = object()
-
-
-def entry_from_payload(
-    payload: bytes,
-    expires_at: float,
-    key: str,
-    level: str,
-    scopes: tuple[Scope, ...],
-    decoded: Any = _UNDECODED,
-) -> MemoryEntry:
-    """Build a memory entry from a wire payload (see ``_serialization``).
-
-    ``decoded``, when the caller already decoded the payload, saves decoding it again; it is
-    copied, never kept, since the caller hands it on.
-    """
+def hold(payload: bytes, decoded: Any = _UNDECODED) -> tuple[int, Any]:
+    """How a payload is kept: (kind, data). ``decoded``, when the caller already decoded it, saves
+    decoding again; it is copied, never kept, since the caller hands it on."""
     kind = payload[0]
-    size = len(payload) + 64 + len(key)
     if kind == KIND_JSON:
         body = payload[1:]
-        first = body[:1]
-        if first in (b"{", b"["):
+        if body[:1] in (b"{", b"["):
             if len(body) <= 2048:
                 if decoded is _UNDECODED:
                     decoded = orjson.loads(body)
                 if _is_flat(decoded):
-                    return MemoryEntry(expires_at, HOLD_FLAT, decoded.copy(), key, level, size, scopes)
-                    return MemoryEntry(expires_at, HOLD_FLAT, decoded, key, level, size, scopes)
-            return MemoryEntry(expires_at, HOLD_JSON, body, key, level, size, scopes)
-        value = orjson.loads(body) if decoded is _UNDECODED else decoded
-        return MemoryEntry(expires_at, HOLD_VALUE, value, key, level, size, scopes)
+                    return HOLD_FLAT, decoded.copy()
+            return HOLD_JSON, body
+        return HOLD_VALUE, orjson.loads(body) if decoded is _UNDECODED else decoded
     if kind == KIND_EMBEDDING:
-        return MemoryEntry(expires_at, HOLD_EMBEDDING, payload, key, level, size, scopes)
+        return HOLD_EMBEDDING, payload
     if kind == KIND_CUSTOM:
-        return MemoryEntry(expires_at, HOLD_CUSTOM, payload[1:], key, level, size, scopes)
-    if kind == KIND_NONE:
-        return MemoryEntry(expires_at, HOLD_VALUE, None, key, level, size, scopes)
+        return HOLD_CUSTOM, payload[1:]
+    if kind == KIND_NONE and len(payload) == 1:
+        return HOLD_VALUE, None
     raise ValueError(f"unknown payload kind {payload[:1]!r}")
 
 
 def entry_value(entry: MemoryEntry, deserializer: Callable[[Any], Any] | None = None) -> Any:
     """A fresh copy of an entry's value."""
-    kind = entry.kind
+    kind = entry[KIND]
     if kind == HOLD_VALUE:
-        return entry.data
+        return entry[DATA]
     if kind == HOLD_FLAT:
-        return entry.data.copy()
+        return entry[DATA].copy()
     if kind == HOLD_JSON:
-        return orjson.loads(entry.data)
+        return orjson.loads(entry[DATA])
     if kind == HOLD_EMBEDDING:
-        return decode_embedding(entry.data)
-    plain = orjson.loads(entry.data)
+        return decode_embedding(entry[DATA])
+    plain = orjson.loads(entry[DATA])
     return deserializer(plain) if deserializer is not None else plain
 
 
@@ -116,7 +101,7 @@ def time_left(expires_at: float) -> float | None:
 
 
 class MemoryTier:
-    """Bounded (entries and bytes), TTL-capped LRU of :class:`MemoryEntry` by request identity."""
+    """Bounded (entries and bytes), TTL-capped LRU of entries by request identity."""
 
     def __init__(
         self,
@@ -135,11 +120,17 @@ class MemoryTier:
         self.ttl_cap = ttl_cap
         self.timer = timer
         self._data: OrderedDict[Hashable, MemoryEntry] = OrderedDict()
-        self._by_scope: dict[Scope, set[Hashable]] = {}
         self.bytes = 0
-        # Bumped on every eviction by scope or flush: a reader that saw another value of it
-        # before its fetch must not store what it fetched (it may predate the invalidation).
-        self.eviction_seq = 0
+        # Bumped by every scope eviction and flush. An entry stored with the seq read before its
+        # lookup began is valid only while none of its scopes was evicted after that seq.
+        self.seq = 0
+        self._evicted: dict[Scope, int] = {}  # scope -> seq of its last eviction
+        self._evicted_log: deque[tuple[float, Scope, int]] = deque()  # (when, scope, seq), oldest first
+        self._flushed = 0  # seq of the last flush
+
+    @property
+    def eviction_seq(self) -> int:
+        return self.seq
 
     def __len__(self) -> int:
         return len(self._data)
@@ -148,14 +139,29 @@ class MemoryTier:
         return self.get(ident) is not None
 
     def get(self, ident: Hashable) -> MemoryEntry | None:
+        """The entry, if present, unexpired and valid; an expired or invalidated one is dropped."""
         entry = self._data.get(ident)
         if entry is None:
             return None
-        if entry.expires_at <= self.timer():
+        if entry[EXPIRES] <= self.timer() or (entry[CHECKED] != self.seq and not self.revalidate(entry)):
             self._remove(ident)
             return None
         self._data.move_to_end(ident)
         return entry
+
+    def revalidate(self, entry: MemoryEntry) -> bool:
+        """True (and the entry marked valid at the current seq) if no scope of it was evicted since
+        it was last checked; False if one was (the caller drops it)."""
+        checked = entry[CHECKED]
+        if checked < self._flushed:
+            return False
+        evicted = self._evicted
+        for scope in entry[SCOPES]:
+            last = evicted.get(scope)
+            if last is not None and last > checked:
+                return False
+        entry[CHECKED] = self.seq
+        return True
 
     def set(
         self,
@@ -165,23 +171,29 @@ class MemoryTier:
         key: str,
         level: str,
         scopes: tuple[Scope, ...],
+        seq: int | None = None,
         decoded: Any = _UNDECODED,
     ) -> bool:
-        """Store a payload for at most ``min(ttl, ttl_cap)`` seconds (``ttl`` 0 = the cap).
+        """Keep a payload for at most ``min(ttl, ttl_cap)`` seconds (``ttl`` 0 = the cap).
 
-        ``scopes[0]`` must be the tenant scope: it is not indexed (a tenant-wide eviction, which is
-        rare, scans instead), which saves a third of the index work on every store.
+        ``seq`` is the tier's ``seq`` read before the value was looked up or fetched (default: now):
+        an eviction of one of ``scopes`` since then makes the entry invalid from the start.
+        ``scopes[0]`` must be the tenant scope.
         """
         lifetime = self.ttl_cap if ttl <= 0 else min(ttl, self.ttl_cap)
-        entry = entry_from_payload(payload, self.timer() + lifetime, key, level, scopes, decoded)
-        if entry.size > self.max_bytes:
+        kind, data = hold(payload, decoded)
+        size = len(payload) + 64 + len(key)
+        if size > self.max_bytes:
             return False
-        if ident in self._data:
-            self._remove(ident)
+        entry = [self.timer() + lifetime, kind, data, key, level, size, scopes, self.seq if seq is None else seq, None]
+        if entry[CHECKED] != self.seq and not self.revalidate(entry):
+            self.delete(ident)  # a scope of it was evicted while it was fetched: never kept
+            return False
+        old = self._data.pop(ident, None)
+        if old is not None:
+            self.bytes -= old[SIZE]
         self._data[ident] = entry
-        self.bytes += entry.size
-        for scope in scopes[1:]:
-            self._by_scope.setdefault(scope, set()).add(ident)
+        self.bytes += size
         while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
             self._remove(next(iter(self._data)))
         return True
@@ -192,37 +204,30 @@ class MemoryTier:
             return True
         return False
 
-    def evict_scope(self, scope: Scope) -> int:
-        """Drop every entry indexed under ``scope``; returns how many."""
-        self.eviction_seq += 1
-        if len(scope) == 1:
-            idents: Iterable[Hashable] | None = [i for i, e in self._data.items() if e.scopes[:1] == (scope,)]
-        else:
-            idents = self._by_scope.pop(scope, None)
-        if not idents:
-            return 0
-        dropped = 0
-        for ident in list(idents):
-            if ident in self._data:
-                self._remove(ident)
-                dropped += 1
-        return dropped
+    def evict_scope(self, scope: Scope) -> None:
+        """Make every entry of ``scope`` invalid: O(1), whatever the scope covers."""
+        self.seq += 1
+        self._evicted[scope] = self.seq
+        now = time.monotonic()
+        log = self._evicted_log
+        log.append((now, scope, self.seq))
+        horizon = now - self.ttl_cap - 1.0
+        while log and log[0][0] < horizon:  # entries stored before these evictions have expired
+            _, old_scope, old_seq = log.popleft()
+            if self._evicted.get(old_scope) == old_seq:
+                del self._evicted[old_scope]
 
-    def evict_scopes(self, scopes: Iterable[Scope]) -> int:
-        return sum(self.evict_scope(scope) for scope in scopes)
+    def evict_scopes(self, scopes: Iterable[Scope]) -> None:
+        for scope in scopes:
+            self.evict_scope(scope)
 
     def clear(self) -> None:
-        self.eviction_seq += 1
+        """Drop everything (the subscription was lost: evictions may have been missed)."""
+        self.seq += 1
+        self._flushed = self.seq
         self._data.clear()
-        self._by_scope.clear()
         self.bytes = 0
 
     def _remove(self, ident: Hashable) -> None:
         entry = self._data.pop(ident)
-        self.bytes -= entry.size
-        for scope in entry.scopes[1:]:
-            members = self._by_scope.get(scope)
-            if members is not None:
-                members.discard(ident)
-                if not members:
-                    del self._by_scope[scope]
+        self.bytes -= entry[SIZE]

@@ -1,9 +1,13 @@
-"""Metrics of section 9: names, an in-process stats snapshot, and custom metric hooks.
+"""Metrics of section 9: names, an in-process stats snapshot, per-tenant figures, custom metric hooks.
 
 Recording is a couple of dict updates and one append to a bounded ring of latency samples, cheap
 enough for the memory-tier hit path. ``snapshot()`` computes ratios and percentiles when asked.
-Hooks (``add_hook``) receive every custom metric so a service can forward them to its own exporter;
-values of cache entries are never part of a metric.
+Hooks receive every custom metric so a service can forward them to its own exporter; values of cache
+entries are never part of a metric.
+
+Per tenant, hits and misses are counted for a bounded set of tenants (the busiest: when more than
+``capacity`` tenants are tracked, the quieter half is forgotten), with the latency of their recent
+reads, so "which tenant is cold, which one is thrashing" has an answer whose size cannot explode.
 """
 
 from __future__ import annotations
@@ -20,21 +24,59 @@ METRIC_LATENCY = "cache_latency"
 METRIC_CACHE_SIZE = "cache_size"
 
 _SAMPLES = 2048
+_TENANT_SAMPLES = 256
 
 MetricHook = Callable[[str, str, str, float, Mapping[str, Any]], Any]
+# Per tenant: [hits, misses, recent latencies in ms]
+TenantCounts = list[Any]
 
 
-def _percentile(samples: list[float], q: float) -> float:
+def percentile(samples: list[float], q: float) -> float:
     if not samples:
         return 0.0
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class TenantStats:
+    """Hits, misses and recent latencies per tenant, for at most ``capacity`` tenants."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self.capacity = capacity
+        self.by_tenant: dict[str, TenantCounts] = {}
+
+    def track(self, tenant: str) -> TenantCounts:
+        """The counts of ``tenant`` (created on first use; the quieter half goes when full)."""
+        counts = self.by_tenant.get(tenant)
+        if counts is None:
+            if len(self.by_tenant) >= self.capacity:
+                self._forget_quietest()
+            counts = self.by_tenant[tenant] = [0, 0, deque(maxlen=_TENANT_SAMPLES)]
+        return counts
+
+    def _forget_quietest(self) -> None:
+        ranked = sorted(self.by_tenant.items(), key=lambda item: item[1][0] + item[1][1], reverse=True)
+        self.by_tenant = dict(ranked[: self.capacity // 2])
+
+    def top(self, n: int) -> dict[str, dict[str, Any]]:
+        """The ``n`` busiest tenants: hits, misses, hit ratio and p99 latency (ms) of recent reads."""
+        ranked = sorted(self.by_tenant.items(), key=lambda item: item[1][0] + item[1][1], reverse=True)[:n]
+        out: dict[str, dict[str, Any]] = {}
+        for tenant, (hits, misses, ring) in ranked:
+            total = hits + misses
+            out[tenant] = {
+                "hits": hits,
+                "misses": misses,
+                "hit_ratio": hits / total if total else 0.0,
+                "p99_ms": percentile(list(ring), 0.99),
+            }
+        return out
+
+
 class CacheStats:
     """Counters and latency samples per data type and tier (``memory``/``redis``/``db``/...)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tenant_capacity: int = 1000) -> None:
         self.hits: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.memory_hits: dict[str, int] = {}  # kept apart: the memory hit path updates it inline
         self.misses: defaultdict[str, int] = defaultdict(int)
@@ -42,6 +84,7 @@ class CacheStats:
         self.latency: dict[tuple[str, str], deque[float]] = {}
         self.sizes: defaultdict[str, int] = defaultdict(int)
         self.custom: dict[tuple[str, str, str], list[float]] = {}
+        self.tenants = TenantStats(tenant_capacity)
         self.hooks: list[MetricHook] = []
 
     def sample(self, data_type: str, tier: str, latency_ms: float) -> None:
@@ -50,13 +93,27 @@ class CacheStats:
             ring = self.latency[data_type, tier] = deque(maxlen=_SAMPLES)
         ring.append(latency_ms)
 
-    def hit(self, data_type: str, tier: str, latency_ms: float) -> None:
+    def hit(self, data_type: str, tier: str, latency_ms: float, tenant: str) -> None:
         self.hits[data_type, tier] += 1
         self.sample(data_type, tier, latency_ms)
+        counts = self.tenants.track(tenant)
+        counts[0] += 1
+        counts[2].append(latency_ms)
 
-    def miss(self, data_type: str, source: str, latency_ms: float) -> None:
+    def miss(self, data_type: str, source: str, latency_ms: float, tenant: str) -> None:
         self.misses[data_type] += 1
         self.sample(data_type, source, latency_ms)
+        counts = self.tenants.track(tenant)
+        counts[1] += 1
+        counts[2].append(latency_ms)
+
+    def batch(self, tenant: str, hits: int, misses: int, latency_ms: float) -> None:
+        self.hits["embedding", "batch"] += hits
+        self.misses["embedding"] += misses
+        counts = self.tenants.track(tenant)
+        counts[0] += hits
+        counts[1] += misses
+        counts[2].append(latency_ms)
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
@@ -65,8 +122,8 @@ class CacheStats:
         self.sizes[data_type] += nbytes
 
     def reset(self) -> None:
-        hooks = self.hooks
-        self.__init__()  # type: ignore[misc]
+        hooks, capacity = self.hooks, self.tenants.capacity
+        self.__init__(capacity)  # type: ignore[misc]
         self.hooks = hooks
 
     def all_hits(self) -> dict[tuple[str, str], int]:
@@ -75,8 +132,9 @@ class CacheStats:
             merged[data_type, "memory"] = merged.get((data_type, "memory"), 0) + count
         return merged
 
-    def snapshot(self) -> dict[str, Any]:
-        """Plain-dict view: totals, hit ratio, per type and tier counts and p50/p99 latency (ms)."""
+    def snapshot(self, top_tenants: int = 20) -> dict[str, Any]:
+        """Plain-dict view: totals, hit ratio, per type and tier counts and p50/p99 latency (ms), and
+        the ``top_tenants`` busiest tenants."""
         all_hits = self.all_hits()
         hits = sum(all_hits.values())
         misses = sum(self.misses.values())
@@ -89,7 +147,7 @@ class CacheStats:
             total = sum(row["hits"].values()) + row["misses"]
             row["hit_ratio"] = (sum(row["hits"].values()) / total) if total else 0.0
             row["latency_ms"] = {
-                tier: {"p50": _percentile(list(ring), 0.5), "p99": _percentile(list(ring), 0.99)}
+                tier: {"p50": percentile(list(ring), 0.5), "p99": percentile(list(ring), 0.99)}
                 for (dtype, tier), ring in self.latency.items()
                 if dtype == data_type
             }
@@ -100,6 +158,7 @@ class CacheStats:
             "hit_ratio": hits / (hits + misses) if hits + misses else 0.0,
             "errors": dict(self.errors),
             "by_type": per_type,
+            "tenants": self.tenants.top(top_tenants),
             "custom": {
                 f"{t}:{d}:{m}": {"count": len(v), "sum": sum(v), "last": v[-1]}
                 for (t, d, m), v in self.custom.items()

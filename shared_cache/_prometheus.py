@@ -127,6 +127,11 @@ class CacheCollector:
             f.memory_bytes.add_metric([], memory.bytes)
             f.memory_max_entries.add_metric([], memory.max_entries)
             f.memory_max_bytes.add_metric([], memory.max_bytes)
+        if manager.settings.prometheus_tenant_metrics:
+            for tenant, row in stats.tenants.top(manager.settings.stats_top_tenants).items():
+                f.tenant_hits.add_metric([tenant], row["hits"])
+                f.tenant_misses.add_metric([tenant], row["misses"])
+                f.tenant_p99.add_metric([tenant], row["p99_ms"])
         sub = manager.subscriber
         if sub is not None:
             f.evictions.add_metric([], sub.evicted)
@@ -170,7 +175,7 @@ class _Families:
         self.memory_max_entries = GaugeMetricFamily("shared_cache_memory_max_entries", "Most entries kept in memory.")
         self.memory_max_bytes = GaugeMetricFamily("shared_cache_memory_max_bytes", "Most bytes kept in memory.")
         self.evictions = CounterMetricFamily(
-            "shared_cache_evictions", "Memory-tier entries dropped because another process invalidated them."
+            "shared_cache_evictions", "Scopes dropped from the memory tier because another process invalidated them."
         )
         self.eviction_events = CounterMetricFamily("shared_cache_eviction_events", "Eviction events received.")
         self.connects = CounterMetricFamily(
@@ -182,6 +187,19 @@ class _Families:
         )
         self.commit_to_evict = GaugeHistogramMetricFamily(
             "shared_cache_commit_to_evict_ms", "Database commit of a change to its eviction here, in ms" + window
+        )
+
+        # Only with prometheus_tenant_metrics: the busiest tenants of this process (a bounded top-N).
+        self.tenant_hits = CounterMetricFamily(
+            "shared_cache_tenant_hits", "Reads served from the cache, for the busiest tenants.", labels=["tenant"]
+        )
+        self.tenant_misses = CounterMetricFamily(
+            "shared_cache_tenant_misses", "Reads the cache could not serve, for the busiest tenants.", labels=["tenant"]
+        )
+        self.tenant_p99 = GaugeMetricFamily(
+            "shared_cache_tenant_latency_p99_ms",
+            "p99 read latency (ms) of the busiest tenants' recent reads.",
+            labels=["tenant"],
         )
 
     def all(self) -> list[Metric]:

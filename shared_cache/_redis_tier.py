@@ -1,11 +1,16 @@
-"""The Redis tier: per-event-loop clients, the Lua scripts, the circuit breaker.
+"""The Redis tier: a connection per event loop, the Lua scripts, the circuit breaker.
 
-Every call to Redis goes through :meth:`RedisTier.call`, the one seam where redis-py errors become
-:class:`BackendUnavailable` and where the breaker is consulted, so a dead Redis costs a caller at most
-``breaker_threshold`` timeouts and then nothing until the probe.
+Every call to Redis goes through :meth:`RedisTier.call` (or :meth:`RedisTier.call_many`), where
+client errors become ours (``errors.backend_error``) and the breaker is consulted, so a dead Redis
+costs a caller at most ``breaker_threshold`` timeouts and then nothing until the probe. Only a lost
+connection or a timeout counts as a failure: an error reply about one key (a wrong type, maxmemory)
+comes from a server that is up.
 
-Clients are kept per running event loop (ARCHITECTURE.md 3.7): a Celery task that calls
-``asyncio.run()`` per task and a service with one long loop both get a client bound to their loop.
+Connections are kept per running event loop (ARCHITECTURE.md 3.7): a Celery task that calls
+``asyncio.run()`` per task and a service with one long loop both get one bound to their loop. On a
+standalone server (or the master the sentinels name) commands go through the lean pipelined
+:class:`~._wire.WireConnection`; on a Redis Cluster, or with URL options it does not handle, through
+redis-py's client. The breaker is one per process, shared by every loop.
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError
 
 from ._breaker import CircuitBreaker
 from ._settings import CacheSettings
-from .errors import BackendUnavailable
+from ._wire import Endpoint, WireConnection, endpoint_from_url
+from .errors import BACKEND_ERRORS, BackendCommandError, BackendUnavailable, backend_error
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -41,18 +48,20 @@ class LuaScript:
         return cls(name, source, hashlib.sha1(source).hexdigest())
 
 
-LEASE = LuaScript.load("lease")
-BACKEND_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+LOOKUP = LuaScript.load("lookup")
 WRITE = LuaScript.load("write")
 WRITE_BATCH = LuaScript.load("write_batch")
 INVALIDATE = LuaScript.load("invalidate")
+RECLAIM = LuaScript.load("reclaim")
 
 
 @dataclass(slots=True)
 class LoopState:
-    """What belongs to one event loop: its Redis client and its in-flight misses."""
+    """What belongs to one event loop: its connection and its in-flight misses."""
 
-    client: Redis
+    wire: WireConnection | None = None
+    client: Redis | None = None  # redis-py: a cluster, URL options the wire does not handle, pipelines
+    connecting: asyncio.Future[WireConnection] | None = None
     inflight: dict[Any, asyncio.Future[Any]] = field(default_factory=dict)
 
 
@@ -63,10 +72,14 @@ class RedisTier:
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = weakref.WeakKeyDictionary()
         self._last_loop: asyncio.AbstractEventLoop | None = None
         self._last_state: LoopState | None = None
+        url = settings.redis_url.get_secret_value()
+        # The wire for a standalone server; Sentinel resolves the master's address first.
+        self._endpoint: Endpoint | None = None if settings.redis_cluster else endpoint_from_url(url)
 
+    # -- clients -----------------------------------------------------------------------------------
     def new_client(self) -> Redis:
-        """A client for commands: a cluster client when ``redis_cluster`` is set (every key of a
-        tenant shares its hash slot, so multi-key commands and scripts stay on one node)."""
+        """A redis-py client for commands: a cluster client when ``redis_cluster`` is set (every key of
+        a tenant shares its hash slot, so multi-key commands and scripts stay on one node)."""
         if self.settings.redis_cluster:
             from redis.asyncio.cluster import RedisCluster
 
@@ -79,12 +92,12 @@ class RedisTier:
         return self.node_client()
 
     def node_client(self) -> Redis:
-        """A plain client of the URL's server (or of the master the sentinels name). The eviction
-        subscriber uses one even on a cluster: PUBLISH reaches every node, so subscribing on any one
-        node hears every eviction."""
+        """A plain redis-py client of the URL's server (or of the master the sentinels name). The
+        eviction subscriber uses one even on a cluster: PUBLISH reaches every node, so subscribing on
+        any one node hears every eviction."""
         from redis.asyncio import Redis
 
-        if self.settings.redis_sentinels and self.settings.redis_sentinel_service:
+        if self._sentinel_mode:
             return self.sentinel_master()
         return Redis.from_url(
             self.settings.redis_url.get_secret_value(),
@@ -94,9 +107,11 @@ class RedisTier:
             decode_responses=False,
         )
 
-    def sentinel_master(self) -> Redis:
-        """A client of the current master, found through the sentinels (and again after a failover)."""
-        from redis.asyncio.connection import parse_url
+    @property
+    def _sentinel_mode(self) -> bool:
+        return bool(self.settings.redis_sentinels and self.settings.redis_sentinel_service)
+
+    def _sentinel(self) -> Any:
         from redis.asyncio.sentinel import Sentinel
 
         s = self.settings
@@ -106,11 +121,16 @@ class RedisTier:
             if not host or not port.isdigit():
                 raise ValueError(f"redis_sentinels entry {item!r}: expected host:port")
             hosts.append((host, int(port)))
-        url = parse_url(s.redis_url.get_secret_value())
         timeouts = {"socket_timeout": s.socket_timeout_seconds, "socket_connect_timeout": s.connect_timeout_seconds}
-        sentinel = Sentinel(hosts, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
-        return sentinel.master_for(  # type: ignore[no-any-return]
-            s.redis_sentinel_service,
+        return Sentinel(hosts, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+
+    def sentinel_master(self) -> Redis:
+        """A redis-py client of the current master, found through the sentinels (again after a failover)."""
+        from redis.asyncio.connection import parse_url
+
+        url = parse_url(self.settings.redis_url.get_secret_value())
+        return self._sentinel().master_for(  # type: ignore[no-any-return]
+            self.settings.redis_sentinel_service,
             db=url.get("db", 0),
             username=url.get("username"),
             password=url.get("password"),
@@ -123,32 +143,110 @@ class RedisTier:
             return self._last_state
         state = self._states.get(loop)
         if state is None:
-            state = LoopState(self.new_client())
-            self._states[loop] = state
+            state = self._states[loop] = LoopState()
         self._last_loop, self._last_state = loop, state
         return state
 
     def client(self) -> Redis:
-        return self.state().client
+        """This loop's redis-py client (pipelines, admin commands, the operator tools)."""
+        state = self.state()
+        if state.client is None:
+            state.client = self.new_client()
+        return state.client
 
+    async def _wire(self, state: LoopState) -> WireConnection:
+        """This loop's wire connection, (re)connecting once for every caller waiting on it."""
+        wire = state.wire
+        if wire is not None and not wire.closed:
+            return wire
+        if state.connecting is None:
+            state.connecting = asyncio.ensure_future(self._connect())
+        connecting = state.connecting
+        try:
+            wire = await asyncio.shield(connecting)
+        finally:
+            if connecting.done() and state.connecting is connecting:
+                state.connecting = None
+                if not connecting.cancelled() and connecting.exception() is None:
+                    state.wire = connecting.result()
+        return wire
+
+    async def _connect(self) -> WireConnection:
+        s = self.settings
+        endpoint = self._endpoint
+        assert endpoint is not None
+        if self._sentinel_mode:
+            host, port = await self._sentinel().discover_master(s.redis_sentinel_service)
+            endpoint = Endpoint(str(host), int(port), None, endpoint.db, endpoint.username, endpoint.password, None)
+        return await WireConnection.open(endpoint, s.socket_timeout_seconds, s.connect_timeout_seconds)
+
+    # -- calls -------------------------------------------------------------------------------------
     async def call(self, *args: Any) -> Any:
         """Run one Redis command through the breaker and the error seam."""
         breaker = self.breaker
         if breaker.failures and not breaker.allow():
             raise BackendUnavailable("circuit breaker open: Redis skipped")
-        client = self.state().client
+        state = self._last_state if asyncio.get_running_loop() is self._last_loop else None
+        if state is None:
+            state = self.state()
         try:
-            result = await client.execute_command(*args)  # type: ignore[no-untyped-call]
+            if self._endpoint is not None:
+                wire = state.wire
+                if wire is None or wire.closed:
+                    wire = await self._wire(state)
+                result = await wire.send(*args)
+            else:
+                result = await self.client().execute_command(*args)  # type: ignore[no-untyped-call]
         except NoScriptError:
             breaker.failures = 0  # the server answered: it is up
             raise
-        except BACKEND_ERRORS as exc:  # the seam: as errors.map_backend_errors, inlined on the hot path
-            breaker.failure()
-            raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except BACKEND_ERRORS as exc:  # the seam (errors.backend_error), inlined on the hot path
+            error = backend_error(exc)
+            if isinstance(error, BackendCommandError):
+                breaker.failures = 0
+            else:
+                breaker.failure()
+            raise error from exc
         breaker.failures = 0
         return result
 
-    async def script(self, script: LuaScript, keys: list[str] | tuple[str, ...], args: list[Any]) -> Any:
+    async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Several commands in one round trip (pipelined; not a transaction). The replies in order;
+        a command's error reply is returned in its place as a ``BackendCommandError``."""
+        if not commands:
+            return []
+        breaker = self.breaker
+        if breaker.failures and not breaker.allow():
+            raise BackendUnavailable("circuit breaker open: Redis skipped")
+        try:
+            if self._endpoint is not None:
+                wire = await self._wire(self.state())
+                futures = [wire.send(*command) for command in commands]
+                replies = await asyncio.gather(*futures, return_exceptions=True)
+            else:
+                pipe = self.client().pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+        except BACKEND_ERRORS as exc:
+            error = backend_error(exc)
+            if not isinstance(error, BackendCommandError):
+                breaker.failure()
+            raise error from exc
+        out: list[Any] = []
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                error = backend_error(reply)
+                if not isinstance(error, BackendCommandError):
+                    breaker.failure()
+                    raise error from reply
+                out.append(error)
+            else:
+                out.append(reply)
+        breaker.failures = 0
+        return out
+
+    async def script(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA; on a server that does not know the script yet, one EVAL, which caches it there
         (on a cluster, on the node that owns the keys, which is where it will run again)."""
         try:
@@ -157,10 +255,13 @@ class RedisTier:
             return await self.call("EVAL", script.source, len(keys), *keys, *args)
 
     async def close(self) -> None:
-        """Close the current loop's client (others close with their loops)."""
+        """Close the current loop's connections (others close with their loops)."""
         loop = asyncio.get_running_loop()
         state = self._states.pop(loop, None)
         if state is not None:
-            await state.client.aclose()
+            if state.wire is not None:
+                state.wire.close()
+            if state.client is not None:
+                await state.client.aclose()
         if self._last_loop is loop:
             self._last_loop = self._last_state = None

@@ -8,7 +8,12 @@ A payload is one kind byte followed by its body:
 - ``c`` + JSON: the output of a caller's custom serializer; its deserializer gets it back.
 - ``n``: a cached "not found" (negative caching).
 
-Embeddings go through float32, so floats come back rounded to float32 precision.
+**A hit returns what the miss returned, or nothing is cached.** A JSON value is cached only if JSON
+gives back a value equal to it (tuples and numpy arrays come back as lists). Anything JSON would
+change is refused with ``SerializationError``: ``nan`` and infinities (JSON has none), ``datetime``,
+``date``, ``time``, ``UUID``, ``Decimal``, enums, dataclasses, sets, bytes, dict keys that are not
+strings; pass ``serializer=``/``deserializer=`` for those. Embeddings go through float32: the value a
+miss returns is the float32 one a hit will return.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ NONE_PAYLOAD = b"n"
 
 _DIM = struct.Struct("<I")
 _LITTLE = sys.byteorder == "little"
-_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+# datetime and dataclasses would come back as strings and dicts: refuse them (they reach ``default``,
+# which is not given, so orjson raises) rather than change a value silently.
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_HINT = "pass serializer=/deserializer= for custom types"
 
 Serializer = Callable[[Any], Any]
 Deserializer = Callable[[Any], Any]
@@ -49,10 +57,15 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+def _is_numpy_array(value: Any) -> bool:
+    return type(value).__module__.startswith("numpy") and hasattr(value, "ndim")
+
+
 def encode_embedding(vector: Any) -> bytes:
     """Encode one embedding (list of numbers, 1-D array or tensor) as ``e`` + dim + float32s."""
-    module = type(vector).__module__
-    if module.startswith("numpy") and getattr(vector, "ndim", None) == 1:
+    if _is_numpy_array(vector) and vector.ndim == 1:
+        if vector.dtype.kind not in "fiub":
+            raise SerializationError(f"embedding must hold numbers, got a numpy array of dtype {vector.dtype}")
         body: bytes = vector.astype("<f4", copy=False).tobytes()
         return b"e" + _DIM.pack(len(vector)) + body
     plain = to_plain(vector)
@@ -60,7 +73,7 @@ def encode_embedding(vector: Any) -> bytes:
         raise SerializationError(f"embedding must be a flat sequence of numbers, got {type(vector).__name__}")
     try:
         floats = array("f", plain)  # refuses anything but real numbers (nested lists, strings...)
-    except (TypeError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(f"embedding must be a flat sequence of numbers: {exc}") from exc
     if not _LITTLE:  # pragma: no cover - big-endian hosts
         floats.byteswap()
@@ -84,28 +97,79 @@ def _dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value, option=_ORJSON_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
+        raise SerializationError(f"cannot cache a value of type {type(value).__name__}: {exc}; {_HINT}") from exc
+
+
+def _same(original: Any, back: Any) -> bool:
+    """``back`` (decoded JSON) equals ``original``, reading tuples and numpy arrays as lists."""
+    if isinstance(original, (list, tuple)):
+        return (
+            isinstance(back, list)
+            and len(back) == len(original)
+            and all(_same(a, b) for a, b in zip(original, back, strict=True))
+        )
+    if isinstance(original, dict):
+        return (
+            isinstance(back, dict)
+            and len(back) == len(original)
+            and all(k in back and _same(v, back[k]) for k, v in original.items())
+        )
+    if type(original).__module__.startswith("numpy"):
+        return _same(original.tolist(), back)
+    if isinstance(original, float) or isinstance(back, float):
+        return type(back) in (int, float) and original == back  # nan and inf have no JSON form: unequal
+    try:
+        return type(original) is type(back) and bool(original == back)
+    except Exception:
+        return False
+
+
+def encode_json(value: Any) -> tuple[bytes, Any]:
+    """``j`` + JSON of ``value``, and the value a hit will return (JSON's reading of it).
+
+    Raises ``SerializationError`` when JSON would return something else (see the module docstring).
+    """
+    body = _dumps(value)
+    back = orjson.loads(body)
+    try:
+        equal = type(back) is type(value) and bool(back == value)
+    except Exception:  # numpy arrays compare element-wise
+        equal = False
+    if not equal and not _same(value, back):
         raise SerializationError(
-            f"cannot cache a value of type {type(value).__name__}: {exc}; "
-            "pass serializer=/deserializer= for custom types"
-        ) from exc
+            f"cannot cache a value of type {type(value).__name__}: JSON would not give it back unchanged "
+            f"(nan or infinity, UUID, enum, or another value JSON turns into something else); {_HINT}"
+        )
+    return b"j" + body, back
 
 
-def serialize_for_cache(value: Any, data_type: str = "", serializer: Serializer | None = None) -> bytes:
-    """Encode ``value`` for the cache. ``None`` encodes as a cached "not found"."""
+def encode_value(value: Any, data_type: str = "", serializer: Serializer | None = None) -> tuple[bytes, Any]:
+    """The payload of ``value`` and the value a hit on that payload will return (so a miss can return
+    the same). ``None`` encodes as a cached "not found"."""
     if serializer is not None:
         try:
             custom = serializer(value)
         except Exception as exc:
             raise SerializationError(f"custom serializer failed for {type(value).__name__}: {exc}") from exc
-        return b"c" + _dumps(to_plain(custom))
+        body, _ = encode_json(to_plain(custom))
+        return b"c" + body[1:], value
     if value is None:
-        return NONE_PAYLOAD
+        return NONE_PAYLOAD, None
     if data_type == "embedding":
         try:
-            return encode_embedding(value)
+            payload = encode_embedding(value)
         except SerializationError:
-            pass  # not a single vector (e.g. a batch or a dict): plain JSON below
-    return b"j" + _dumps(to_plain(value))
+            if _is_numpy_array(value) and value.ndim == 1:
+                raise  # a 1-D array of something else than numbers: not an embedding, not JSON either
+        else:
+            return payload, decode_embedding(payload)
+    return encode_json(value)
+
+
+def serialize_for_cache(value: Any, data_type: str = "", serializer: Serializer | None = None) -> bytes:
+    """Encode ``value`` for the cache. ``None`` encodes as a cached "not found". Raises
+    ``SerializationError`` for a value the cache cannot give back unchanged."""
+    return encode_value(value, data_type, serializer)[0]
 
 
 def deserialize_from_cache(payload: bytes, data_type: str = "", deserializer: Deserializer | None = None) -> Any:

@@ -46,6 +46,12 @@ class CacheSettings(BaseSettings):
     stats_publish_seconds: float = Field(
         10.0, ge=0, description="How often a process leaves its stats in Redis for operators (0 = never)."
     )
+    stats_top_tenants: int = Field(
+        20, ge=0, description="Busiest tenants (hits, misses, hit ratio, p99) in each process's stats report."
+    )
+    prometheus_tenant_metrics: bool = Field(
+        False, description="Export the busiest tenants' figures to Prometheus too (one series set per tenant)."
+    )
     subscriber_enabled: bool = Field(
         True, description="Run the eviction subscriber (needed whenever the memory tier is on)."
     )

@@ -47,13 +47,13 @@ async def test_hierarchy_costs_one_round_trip(manager: CacheManager, redis_url: 
     manager.memory.clear()  # type: ignore[union-attr]
     await manager.start()
     db = Db(2)
-    await manager.get("document", "warm-up", "t")  # loads read.lua on the server once
+    await manager.get("document", "warm-up", "t")  # loads lookup.lua on the server once
     with Monitor(redis_url) as seen:
         value, metrics = await get_with_cache_aside(
             "document", "d", "t", db.fetch, agent_id="a", conversation_id="c", collection_id="l"
         )
     assert value == {"x": 1} and metrics["tier"] == "redis" and metrics["level"] == "tenant"
-    assert seen.commands == ["MGET"]  # six levels and their generations, one round trip
+    assert seen.commands == ["EVALSHA"]  # six levels, their generations and the lease: one round trip
     assert db.calls == 0
 
 

@@ -116,7 +116,7 @@ async def test_permanent_entries_do_not_leak(manager: CacheManager, sync_redis: 
     await manager.invalidate("perm", "semantic_index", "*")
     assert await manager.reclaim_permanent("perm", batch=200) == 3000
     assert not sync_redis.keys(f"{manager.prefix}{{perm}}:semantic_index:*")
-    assert sync_redis.scard(manager.permanent_set("perm")) == 0
+    assert sync_redis.scard(manager.keys.permanent("perm")) == 0
     after = int(sync_redis.info("memory")["used_memory"])
     assert after - baseline < (filled - baseline) * 0.1
     # still-valid permanent entries are kept

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared_cache import InvalidKeyError, build_plan
-from shared_cache._keys import encode_id, gen_key
+from shared_cache import InvalidKeyError
+from shared_cache._entry import parse_lookup
+from shared_cache._keys import build_plan, encode_id, gen_key
 
 hostile = st.one_of(
     st.sampled_from(["a:*", "}{", "\n", "*", "doc*", "{t2}", "t2}:x", "a:b:c", " ", "\x00", "é", "x" * 5000]),
@@ -58,7 +59,7 @@ def test_bad_data_type_is_a_clear_value_error(bad: object) -> None:
 
 
 def test_bad_resource_types_are_refused() -> None:
-    for bad in (None, "", 1.5, True, b"x", ["x"]):
+    for bad in (None, "", 1.5, True, b"x", ["x"], {"a": 1}):
         with pytest.raises(InvalidKeyError, match="invalid resource_id"):
             build_plan("", "document", "t", bad)
 
@@ -95,18 +96,23 @@ def test_long_ids_are_hashed_and_bounded() -> None:
     assert len(plan.entry_keys[0]) < 80
 
 
-def test_parse_lookup_picks_the_first_current_level() -> None:
-    from shared_cache._manager import parse_lookup
-
-    plan = build_plan("", "document", "t", "d", agent_id="a")  # levels: agent, basic; gens t,type,res,agent
-    gens = [b"1", None, b"3", b"7"]  # a missing counter reads as 0
-    stale_top = b"1,0,3,6|0|j1"  # tagged before the agent's generation moved to 7
-    current_basic = b"1,0,3|1790000000000|j2"
-    found = parse_lookup(plan, [stale_top, current_basic, *gens])
+def test_lookup_replies_parse() -> None:
+    """lookup.lua answers a hit with its level and raw entry, a miss with the tag and the lease."""
+    found = parse_lookup([2, b"1,0,3|1790000000000|j2"])
     assert (found.level, found.payload, found.expires_at) == (2, b"j2", 1790000000.0)
-    assert found.stale == ((plan.entry_keys[0], b"1,0,3,6"),)
+    assert parse_lookup([1, b"1,0,3,7|soon|j1"]).payload == b""  # a corrupt entry: nothing to decode
+    miss = parse_lookup([0, b"1,0,3,7", 0, b"holder-1"])
+    assert (miss.level, miss.tag, miss.leased, miss.holder) == (0, b"1,0,3,7", False, b"holder-1")
+    ours = parse_lookup([0, b"1,0,3,7", 1, None])
+    assert ours.leased and ours.holder is None
+    plan = build_plan("", "document", "t", "d", agent_id="a")
+    assert plan.mget_keys == (*plan.entry_keys, *plan.gen_keys, plan.lease_key)
+    assert plan.lookup_args == (2, "1234", "123")  # agent level: t, type, res, agent; basic: t, type, res
 
-    miss = parse_lookup(plan, [None, b"garbage without separators", *gens])
-    assert miss.level == 0 and miss.tag == b"1,0,3,7"  # what a write must be tagged with
-    assert miss.stale == ((plan.entry_keys[1], b"garbage without separators"),)
-    assert parse_lookup(plan, [b"1,0,3,7|soon|j1", None, *gens]).level == 0  # a bad expiry is not served
+
+def test_ids_that_compare_equal_to_another_are_refused() -> None:
+    """``True`` and ``1.0`` equal ``1`` (and hash alike): they must never find what ``1`` cached."""
+    for bad in (True, False, 1.0, ["x"], {"a": 1}, b"x", None):
+        with pytest.raises(InvalidKeyError, match="expected a non-empty str, int or UUID"):
+            encode_id(bad)
+    assert encode_id(1) == "1" and encode_id("1") == "1"

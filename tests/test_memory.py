@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from shared_cache import MemoryTier
-from shared_cache._memory import entry_value
+from shared_cache._memory import MemoryTier, entry_value
 from shared_cache._serialization import serialize_for_cache
 
 
@@ -17,8 +18,15 @@ class Clock:
         return self.now
 
 
-def put(tier: MemoryTier, ident: str, value: object, ttl: float = 60, scopes: tuple[tuple[str, ...], ...] = ()) -> None:
-    tier.set(ident, serialize_for_cache(value, "document"), ttl, f"key:{ident}", "tenant", scopes)
+def put(
+    tier: MemoryTier,
+    ident: str,
+    value: object,
+    ttl: float = 60,
+    scopes: tuple[tuple[str, ...], ...] = (("t",),),
+    seq: int | None = None,
+) -> bool:
+    return tier.set(ident, serialize_for_cache(value, "document"), ttl, f"key:{ident}", "tenant", scopes, seq)
 
 
 def test_lru_bound_on_entries() -> None:
@@ -51,15 +59,61 @@ def test_ttl_cap_with_injected_time() -> None:
     assert len([k for k in ("long", "permanent") if k in tier]) == 0
 
 
-def test_evict_scope_drops_exactly_its_entries() -> None:
+def test_evict_scope_makes_exactly_its_entries_invalid() -> None:
     tier = MemoryTier()
     put(tier, "a", 1, scopes=(("t",), ("t", "coll", "c1")))
     put(tier, "b", 1, scopes=(("t",), ("t", "coll", "c2")))
     put(tier, "c", 1, scopes=(("u",), ("u", "coll", "c1")))
-    assert tier.evict_scope(("t", "coll", "c1")) == 1
+    tier.evict_scope(("t", "coll", "c1"))
     assert "a" not in tier and "b" in tier and "c" in tier
-    assert tier.evict_scope(("t",)) == 1
-    assert "c" in tier and len(tier) == 1
+    tier.evict_scope(("t",))
+    assert "b" not in tier and "c" in tier
+    put(tier, "a", 2, scopes=(("t",), ("t", "coll", "c1")))  # stored after the evictions: valid
+    assert "a" in tier
+
+
+def test_an_entry_fetched_before_an_eviction_is_never_kept() -> None:
+    tier = MemoryTier()
+    seq = tier.seq  # read before the lookup began
+    tier.evict_scope(("t", "res", "document", "d"))  # lands while the value is being fetched
+    assert put(tier, "d", 1, scopes=(("t",), ("t", "res", "document", "d")), seq=seq) is False
+    assert "d" not in tier
+    # an eviction of another scope meanwhile does not keep this one out
+    seq = tier.seq
+    tier.evict_scope(("t", "res", "document", "other"))
+    assert put(tier, "d", 1, scopes=(("t",), ("t", "res", "document", "d")), seq=seq) is True
+    assert "d" in tier
+
+
+def test_evicting_a_scope_costs_the_same_for_ten_or_a_hundred_thousand_entries() -> None:
+    """Counted in work, not time: the eviction touches no entry; each entry is checked once, lazily."""
+    small, large = MemoryTier(max_entries=200_000), MemoryTier(max_entries=200_000)
+    for tier, n in ((small, 10), (large, 100_000)):
+        for i in range(n):
+            put(tier, f"k{i}", i, scopes=(("t",), ("t", "type", "document")))
+        before = len(tier)
+        tier.evict_scope(("t", "type", "document"))
+        assert len(tier) == before  # nothing was walked or dropped by the eviction itself
+        assert tier.get("k0") is None and len(tier) == before - 1  # dropped when met
+    assert len(small._evicted) == len(large._evicted) == 1
+
+
+def test_old_eviction_records_are_forgotten_after_the_ttl_cap() -> None:
+    tier = MemoryTier(ttl_cap=0.05)
+    for i in range(100):
+        tier.evict_scope(("t", "res", "document", f"d{i}"))
+    time.sleep(1.1)
+    tier.evict_scope(("t", "res", "document", "last"))
+    assert list(tier._evicted) == [("t", "res", "document", "last")]
+
+
+def test_a_flush_drops_everything_and_what_was_being_fetched() -> None:
+    tier = MemoryTier()
+    seq = tier.seq
+    put(tier, "a", 1)
+    tier.clear()
+    assert len(tier) == 0 and tier.bytes == 0
+    assert put(tier, "b", 1, seq=seq) is False  # fetched before the flush
 
 
 def test_hits_return_fresh_objects() -> None:

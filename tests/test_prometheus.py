@@ -101,7 +101,11 @@ async def test_cache_collector_after_real_reads(manager: CacheManager, sync_redi
     assert got["shared_cache_subscriber_connected"] == 1 and got["shared_cache_subscriber_connects_total"] >= 1
 
     await manager.invalidate("acme", "document", "d1")
-    assert samples(generate_latest(registry).decode())["shared_cache_memory_entries"] == 1
+    # dropped lazily: still held until met, never served
+    assert samples(generate_latest(registry).decode())["shared_cache_memory_entries"] == 2
+    _, metrics = await get_with_cache_aside("document", "d1", "acme", lambda r, t, c: {"id": r})
+    assert metrics["tier"] != "memory"
+    assert samples(generate_latest(registry).decode())["shared_cache_memory_entries"] == 2  # stored anew
 
 
 async def test_eviction_metrics_from_another_process_invalidation(manager: CacheManager) -> None:
@@ -119,7 +123,8 @@ async def test_eviction_metrics_from_another_process_invalidation(manager: Cache
     await wait_until(lambda: manager.subscriber.commit_to_evict_ms)
     got = samples(generate_latest(registry).decode())
     assert got["shared_cache_evictions_total"] == 1 and got["shared_cache_eviction_events_total"] >= 1
-    assert got["shared_cache_memory_entries"] == 0
+    _, metrics = await get_with_cache_aside("document", "d1", "acme", lambda r, t, c: {"id": r})
+    assert metrics["tier"] != "memory"  # the entry was invalidated here too
     commit = list(manager.subscriber.commit_to_evict_ms)
     assert commit and min(commit) >= 200
     for le, count in expected_buckets(commit, EVICTION_BUCKETS_MS).items():
