@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import invalidation, read_path, stale, warming, worker
+from bench import first_read, invalidation, memory_invalidation, read_path, stale, warming, worker
 from devtools.embedded import EmbeddedRedis as RedisServer
 from shared_cache import CacheManager
 
@@ -22,9 +22,12 @@ async def run(quick: bool, url: str) -> list[tuple[str, str, str, str]]:
     CacheManager.configure(redis_url=url, key_prefix="bench:", ttl_jitter=0.0)
     steps = [
         ("memory hit", read_path.memory_hit(rows)),
+        ("first read", first_read.first_read(rows, url, 300 if quick else 2000)),
         ("redis hit", read_path.redis_hit(rows, url)),
+        ("miss", read_path.miss(rows, url)),
         ("batch", read_path.batch(rows)),
         ("invalidation", invalidation.scope_vs_scan(rows, url, 10_000 if quick else 1_000_000)),
+        ("memory invalidation", memory_invalidation.memory_invalidation(rows, url, 5 if quick else 20)),
         ("propagation", invalidation.propagation(rows, url, 8, 50 if quick else 300)),
     ]
     for name, step in steps:

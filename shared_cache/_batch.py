@@ -67,6 +67,7 @@ async def get_embeddings_batch_with_cache(
     if memory is not None and not manager.listening:
         await manager.start()
     seq = memory.seq if memory is not None else 0
+    cell = manager.stats.memory_cell(_TYPE, tenant)
     unique = list(dict.fromkeys(texts))
     rids = [manager.embedding_resource_id(text, model_name) for text in unique]
     found: dict[str, bytes] = {}
@@ -109,7 +110,7 @@ async def get_embeddings_batch_with_cache(
             for i, payload in zip(missing, payloads, strict=True):
                 if i in tags:
                     memory.set((_TYPE, tenant, rids[i], None, None, None), payload, 0, entry_keys[i], "tenant",
-                               _scopes(tenant, rids[i]), seq)  # fmt: skip
+                               _scopes(tenant, rids[i]), seq, hits=cell)  # fmt: skip
 
     out = _as_matrix(texts, found) if as_numpy else _as_lists(texts, found)
     hits = len(unique) - len(missing)
@@ -148,6 +149,7 @@ async def _lookup(
         return
     head_tag = (reply[0] or b"0") + b"," + (reply[1] or b"0") + b","
     memory = manager.memory
+    cell = manager.stats.memory_cell(_TYPE, tenant)
     for k, i in enumerate(pending):
         want = head_tag + (reply[3 + 2 * k] or b"0")
         current = current_payload(reply[2 + 2 * k], want)
@@ -159,7 +161,7 @@ async def _lookup(
                 left = time_left(expires_at)
                 if memory is not None and left is not None:
                     memory.set((_TYPE, tenant, rids[i], None, None, None), payload, left, entry_keys[i], "tenant",
-                               _scopes(tenant, rids[i]), seq)  # fmt: skip
+                               _scopes(tenant, rids[i]), seq, hits=cell)  # fmt: skip
                 continue
             metrics["corrupt"] += 1  # current but unreadable: regenerated and written over
         tags[i] = want

@@ -22,7 +22,7 @@ from ._context import Context
 from ._entry import Lookup
 from ._keys import KeyPlan, check_id
 from ._manager import CacheManager
-from ._memory import CHECKED, HOLD_FLAT, HOLD_JSON, HOLD_VALUE, entry_value
+from ._memory import entry_value
 from ._read import Hit, read_redis
 from ._serialization import NONE_PAYLOAD, Deserializer, Serializer, deserialize_from_cache, encode_value
 from ._ttl import ttl_for
@@ -73,19 +73,21 @@ async def get_with_cache_aside(
     memory = manager.memory
     if memory is not None:
         # Hot path: MemoryTier.get and entry_value inlined (this is the 1.5 us budget).
-        entry = memory._data.get(ident)
+        # Entry slots (see _memory): 0 expiry, 1 kind, 2 data, 3 key, 4 level, 7 checked, 8 hit counter.
+        data = memory._data
+        entry = data.get(ident)
         if entry is not None:
-            if entry[0] > (start if memory.timer is perf_counter else memory.timer()) and (
-                entry[CHECKED] == memory.seq or memory.revalidate(entry)
+            if entry[0] > (start if memory.perf_clock else memory.timer()) and (
+                entry[7] == memory.seq or memory.revalidate(entry)
             ):
-                memory._data.move_to_end(ident)
+                data.move_to_end(ident)
                 kind = entry[1]
                 try:
-                    if kind == HOLD_VALUE:
-                        value = entry[2]
-                    elif kind == HOLD_FLAT:
+                    if kind == 4:  # HOLD_FLAT
                         value = entry[2].copy()
-                    elif kind == HOLD_JSON:
+                    elif kind == 0:  # HOLD_VALUE
+                        value = entry[2]
+                    elif kind == 1:  # HOLD_JSON
                         value = _loads(entry[2])
                     else:
                         value = entry_value(entry, deserializer)
@@ -94,15 +96,11 @@ async def get_with_cache_aside(
                     manager.stats.error("deserialize")
                 else:
                     latency = (perf_counter() - start) * 1000.0
-                    stats = manager.stats
-                    count = stats.memory_hits[data_type] = stats.memory_hits.get(data_type, 0) + 1
-                    tenant = stats.tenants.by_tenant.get(tenant_id)  # type: ignore[arg-type]
-                    if tenant is None:
-                        tenant = stats.tenants.track(tenant_id)  # type: ignore[arg-type]
-                    tenant[0] += 1
+                    cell = entry[8]
+                    count = cell[0] = cell[0] + 1
                     if not count & 7:  # one latency sample in eight keeps the hot path cheap
-                        stats.sample(data_type, "memory", latency)
-                        tenant[2].append(latency)
+                        manager.stats.sample(data_type, "memory", latency)
+                        manager.stats.tenant_sample(tenant_id, latency)  # type: ignore[arg-type]
                     return value, {
                         "source": "cache",
                         "tier": "memory",
@@ -294,7 +292,8 @@ class _Miss:
             memory = manager.memory
             if memory is not None:
                 key, level = plan.entry_keys[0], plan.level_names[0]
-                memory.set(self.ident, payload, ttl, key, level, plan.scopes, self.seq, value)
+                cell = manager.stats.memory_cell(plan.data_type, plan.tenant_id)
+                memory.set(self.ident, payload, ttl, key, level, plan.scopes, self.seq, value, cell)
         elif payload is not None:
             manager.stats.error("stale_write_refused")
         return stored

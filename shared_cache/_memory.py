@@ -34,8 +34,9 @@ HOLD_EMBEDDING = 2  # embedding payload, decoded per hit
 HOLD_CUSTOM = 3  # JSON body of a custom serializer, passed through the caller's deserializer
 HOLD_FLAT = 4  # dict or list of scalars: a shallow copy is a full copy, and 4x cheaper than a decode
 
-# A memory entry is a list (mutable: CHECKED moves forward on a hit): these are its slots.
-EXPIRES, KIND, DATA, KEY, LEVEL, SIZE, SCOPES, CHECKED, PAYLOAD = range(9)
+# A memory entry is a list (mutable: CHECKED moves forward on a hit): these are its slots. HITS is the
+# memory-hit counter of the entry's data type and tenant (``CacheStats.memory_cell``).
+EXPIRES, KIND, DATA, KEY, LEVEL, SIZE, SCOPES, CHECKED, HITS = range(9)
 MemoryEntry = list[Any]
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -127,6 +128,7 @@ class MemoryTier:
         self._evicted: dict[Scope, int] = {}  # scope -> seq of its last eviction
         self._evicted_log: deque[tuple[float, Scope, int]] = deque()  # (when, scope, seq), oldest first
         self._flushed = 0  # seq of the last flush
+        self.perf_clock = timer is time.perf_counter  # the read path's clock: a hit reads no other
 
     @property
     def eviction_seq(self) -> int:
@@ -173,19 +175,21 @@ class MemoryTier:
         scopes: tuple[Scope, ...],
         seq: int | None = None,
         decoded: Any = _UNDECODED,
+        hits: list[int] | None = None,
     ) -> bool:
         """Keep a payload for at most ``min(ttl, ttl_cap)`` seconds (``ttl`` 0 = the cap).
 
         ``seq`` is the tier's ``seq`` read before the value was looked up or fetched (default: now):
         an eviction of one of ``scopes`` since then makes the entry invalid from the start.
-        ``scopes[0]`` must be the tenant scope.
+        ``scopes[0]`` must be the tenant scope. ``hits`` is the counter a hit on the entry adds to.
         """
         lifetime = self.ttl_cap if ttl <= 0 else min(ttl, self.ttl_cap)
         kind, data = hold(payload, decoded)
         size = len(payload) + 64 + len(key)
         if size > self.max_bytes:
             return False
-        entry = [self.timer() + lifetime, kind, data, key, level, size, scopes, self.seq if seq is None else seq, None]
+        checked = self.seq if seq is None else seq
+        entry = [self.timer() + lifetime, kind, data, key, level, size, scopes, checked, hits or [0]]
         if entry[CHECKED] != self.seq and not self.revalidate(entry):
             self.delete(ident)  # a scope of it was evicted while it was fetched: never kept
             return False

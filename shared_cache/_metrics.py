@@ -1,7 +1,9 @@
 """Metrics of section 9: names, an in-process stats snapshot, per-tenant figures, custom metric hooks.
 
-Recording is a couple of dict updates and one append to a bounded ring of latency samples, cheap
-enough for the memory-tier hit path. ``snapshot()`` computes ratios and percentiles when asked.
+Recording is a couple of dict updates and one append to a bounded ring of latency samples; a
+memory-tier hit does less: each memory entry holds the hit counter of its data type and tenant (a
+one-element list shared by their entries), so the hot path adds one to it and nothing else, and the
+totals per type and per tenant are summed when asked. ``snapshot()`` computes ratios and percentiles.
 Hooks receive every custom metric so a service can forward them to its own exporter; values of cache
 entries are never part of a metric.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +28,7 @@ METRIC_CACHE_SIZE = "cache_size"
 
 _SAMPLES = 2048
 _TENANT_SAMPLES = 256
+_CELLS = 20_000  # memory hit counters kept by (data type, tenant) before the unused ones are folded
 
 MetricHook = Callable[[str, str, str, float, Mapping[str, Any]], Any]
 # Per tenant: [hits, misses, recent latencies in ms]
@@ -58,9 +62,15 @@ class TenantStats:
         ranked = sorted(self.by_tenant.items(), key=lambda item: item[1][0] + item[1][1], reverse=True)
         self.by_tenant = dict(ranked[: self.capacity // 2])
 
-    def top(self, n: int) -> dict[str, dict[str, Any]]:
-        """The ``n`` busiest tenants: hits, misses, hit ratio and p99 latency (ms) of recent reads."""
-        ranked = sorted(self.by_tenant.items(), key=lambda item: item[1][0] + item[1][1], reverse=True)[:n]
+    def top(self, n: int, memory_hits: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+        """The ``n`` busiest tenants: hits (``memory_hits`` added), misses, hit ratio and p99 latency
+        (ms) of recent reads."""
+        extra = memory_hits or {}
+        rows = {t: (c[0] + extra.get(t, 0), c[1], c[2]) for t, c in self.by_tenant.items()}
+        for tenant, hits in extra.items():
+            if tenant not in rows:
+                rows[tenant] = (hits, 0, ())
+        ranked = sorted(rows.items(), key=lambda item: item[1][0] + item[1][1], reverse=True)[:n]
         out: dict[str, dict[str, Any]] = {}
         for tenant, (hits, misses, ring) in ranked:
             total = hits + misses
@@ -78,7 +88,9 @@ class CacheStats:
 
     def __init__(self, tenant_capacity: int = 1000) -> None:
         self.hits: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self.memory_hits: dict[str, int] = {}  # kept apart: the memory hit path updates it inline
+        # memory-tier hits: one counter per (data type, tenant), held by their entries
+        self.memory_cells: dict[tuple[str, str], list[int]] = {}
+        self._folded: defaultdict[tuple[str, str], int] = defaultdict(int)  # counters no entry holds
         self.misses: defaultdict[str, int] = defaultdict(int)
         self.errors: defaultdict[str, int] = defaultdict(int)
         self.latency: dict[tuple[str, str], deque[float]] = {}
@@ -86,6 +98,33 @@ class CacheStats:
         self.custom: dict[tuple[str, str, str], list[float]] = {}
         self.tenants = TenantStats(tenant_capacity)
         self.hooks: list[MetricHook] = []
+
+    def memory_cell(self, data_type: str, tenant: str) -> list[int]:
+        """The memory-hit counter that entries of ``data_type`` and ``tenant`` carry."""
+        key = (data_type, tenant)
+        cell = self.memory_cells.get(key)
+        if cell is None:
+            if len(self.memory_cells) >= _CELLS:
+                self._fold()
+            cell = self.memory_cells[key] = [0]
+        return cell
+
+    def _fold(self) -> None:
+        """Fold the counters no memory entry holds any more into plain totals (bounded memory)."""
+        for key, cell in list(self.memory_cells.items()):
+            if sys.getrefcount(cell) <= 3:  # this dict, ``cell`` here, getrefcount's argument
+                self._folded[key] += cell[0]
+                del self.memory_cells[key]
+
+    def memory_hits(self) -> dict[tuple[str, str], int]:
+        """Memory-tier hits by (data type, tenant)."""
+        out = dict(self._folded)
+        for key, cell in list(self.memory_cells.items()):
+            out[key] = out.get(key, 0) + cell[0]
+        return out
+
+    def tenant_sample(self, tenant: str, latency_ms: float) -> None:
+        self.tenants.track(tenant)[2].append(latency_ms)
 
     def sample(self, data_type: str, tier: str, latency_ms: float) -> None:
         ring = self.latency.get((data_type, tier))
@@ -122,13 +161,16 @@ class CacheStats:
         self.sizes[data_type] += nbytes
 
     def reset(self) -> None:
-        hooks, capacity = self.hooks, self.tenants.capacity
+        hooks, capacity, cells = self.hooks, self.tenants.capacity, self.memory_cells
         self.__init__(capacity)  # type: ignore[misc]
         self.hooks = hooks
+        for cell in cells.values():  # entries hold them: zero them, keep them
+            cell[0] = 0
+        self.memory_cells = cells
 
     def all_hits(self) -> dict[tuple[str, str], int]:
         merged = dict(self.hits)
-        for data_type, count in self.memory_hits.items():
+        for (data_type, _), count in self.memory_hits().items():
             merged[data_type, "memory"] = merged.get((data_type, "memory"), 0) + count
         return merged
 
@@ -158,13 +200,20 @@ class CacheStats:
             "hit_ratio": hits / (hits + misses) if hits + misses else 0.0,
             "errors": dict(self.errors),
             "by_type": per_type,
-            "tenants": self.tenants.top(top_tenants),
+            "tenants": self.top_tenants(top_tenants),
             "custom": {
                 f"{t}:{d}:{m}": {"count": len(v), "sum": sum(v), "last": v[-1]}
                 for (t, d, m), v in self.custom.items()
                 if v
             },
         }
+
+    def top_tenants(self, n: int) -> dict[str, dict[str, Any]]:
+        """The ``n`` busiest tenants: hits of every tier, misses, hit ratio, p99 of recent reads."""
+        memory: dict[str, int] = {}
+        for (_, tenant), count in self.memory_hits().items():
+            memory[tenant] = memory.get(tenant, 0) + count
+        return self.tenants.top(n, memory)
 
     async def track(
         self,

@@ -128,7 +128,7 @@ class CacheCollector:
             f.memory_max_entries.add_metric([], memory.max_entries)
             f.memory_max_bytes.add_metric([], memory.max_bytes)
         if manager.settings.prometheus_tenant_metrics:
-            for tenant, row in stats.tenants.top(manager.settings.stats_top_tenants).items():
+            for tenant, row in stats.top_tenants(manager.settings.stats_top_tenants).items():
                 f.tenant_hits.add_metric([tenant], row["hits"])
                 f.tenant_misses.add_metric([tenant], row["misses"])
                 f.tenant_p99.add_metric([tenant], row["p99_ms"])

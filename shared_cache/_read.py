@@ -50,13 +50,19 @@ async def read_redis(
         except Exception:
             await drop_corrupt(store, stats, plan.entry_keys[found.level - 1])
             continue
-        remember(memory, ident, plan, found, seq, value)
+        remember(memory, stats, ident, plan, found, seq, value)
         return Hit(value, found)
     return None
 
 
 def remember(
-    memory: MemoryTier | None, ident: Hashable, plan: KeyPlan, found: Lookup, seq: int, decoded: Any = None
+    memory: MemoryTier | None,
+    stats: CacheStats,
+    ident: Hashable,
+    plan: KeyPlan,
+    found: Lookup,
+    seq: int,
+    decoded: Any = None,
 ) -> None:
     """Keep a Redis hit in the memory tier (never longer than Redis keeps it)."""
     if memory is None:
@@ -66,11 +72,12 @@ def remember(
         return
     i = found.level - 1
     key, level = plan.entry_keys[i], plan.level_names[i]
+    cell = stats.memory_cell(plan.data_type, plan.tenant_id)
     try:
         if decoded is None:
-            memory.set(ident, found.payload, ttl, key, level, plan.scopes, seq)
+            memory.set(ident, found.payload, ttl, key, level, plan.scopes, seq, hits=cell)
         else:
-            memory.set(ident, found.payload, ttl, key, level, plan.scopes, seq, decoded)
+            memory.set(ident, found.payload, ttl, key, level, plan.scopes, seq, decoded, cell)
     except ValueError:  # a payload of an unknown kind: not kept (it decoded, so this is rare)
         pass
 

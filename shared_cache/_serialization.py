@@ -9,11 +9,12 @@ A payload is one kind byte followed by its body:
 - ``n``: a cached "not found" (negative caching).
 
 **A hit returns what the miss returned, or nothing is cached.** A JSON value is cached only if JSON
-gives back a value equal to it (tuples and numpy arrays come back as lists). Anything JSON would
-change is refused with ``SerializationError``: ``nan`` and infinities (JSON has none), ``datetime``,
-``date``, ``time``, ``UUID``, ``Decimal``, enums, dataclasses, sets, bytes, dict keys that are not
-strings; pass ``serializer=``/``deserializer=`` for those. Embeddings go through float32: the value a
-miss returns is the float32 one a hit will return.
+gives back a value equal to it, and the miss then returns JSON's reading of it too (tuples and numpy
+arrays come back as lists, int and str enums as their values, dict subclasses as dicts). Anything JSON
+would change is refused with ``SerializationError``: ``nan`` and infinities (JSON has none),
+``datetime``, ``date``, ``time``, ``UUID``, ``Decimal``, other enums, dataclasses, sets, bytes, dict
+keys that are not strings; pass ``serializer=``/``deserializer=`` for those. Embeddings go through
+float32: the value a miss returns is the float32 one a hit will return.
 """
 
 from __future__ import annotations
@@ -36,9 +37,16 @@ NONE_PAYLOAD = b"n"
 
 _DIM = struct.Struct("<I")
 _LITTLE = sys.byteorder == "little"
-# datetime and dataclasses would come back as strings and dicts: refuse them (they reach ``default``,
-# which is not given, so orjson raises) rather than change a value silently.
-_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+# datetime, dataclasses and subclasses of str and int would come back as plain strings, dicts and
+# ints: they reach ``_default``, which refuses them rather than change a value silently; subclasses
+# of dict and list (OrderedDict, defaultdict) and named tuples are plain containers, and JSON gives
+# back containers equal to them. (orjson writes enums itself, as their values.)
+_ORJSON_OPTIONS = (
+    orjson.OPT_SERIALIZE_NUMPY
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
 _HINT = "pass serializer=/deserializer= for custom types"
 
 Serializer = Callable[[Any], Any]
@@ -93,9 +101,17 @@ def decode_embedding(payload: bytes) -> list[float]:
     return floats.tolist()
 
 
+def _default(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise TypeError(f"Type is not JSON serializable without change: {type(value).__name__}")
+
+
 def _dumps(value: Any) -> bytes:
     try:
-        return orjson.dumps(value, option=_ORJSON_OPTIONS)
+        return orjson.dumps(value, default=_default, option=_ORJSON_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise SerializationError(f"cannot cache a value of type {type(value).__name__}: {exc}; {_HINT}") from exc
 
@@ -118,6 +134,10 @@ def _same(original: Any, back: Any) -> bool:
         return _same(original.tolist(), back)
     if isinstance(original, float) or isinstance(back, float):
         return type(back) in (int, float) and original == back  # nan and inf have no JSON form: unequal
+    if isinstance(original, bool):
+        return back is original
+    if isinstance(original, (int, str)):  # int and str enums come back as their values
+        return type(back) is (int if isinstance(original, int) else str) and original == back
     try:
         return type(original) is type(back) and bool(original == back)
     except Exception:

@@ -91,3 +91,29 @@ def test_no_pickle_anywhere() -> None:
 
     for path in pathlib.Path(shared_cache.__file__).parent.rglob("*.py"):
         assert not re.search(r"import (c?pickle|marshal|shelve)|pickle\.", path.read_text()), path
+
+
+loose_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()  # nan and infinities included
+    | st.text()
+    | st.binary(max_size=4),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.tuples(inner, inner)
+    | st.dictionaries(st.one_of(st.text(), st.integers()), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(loose_values)
+def test_what_a_miss_returns_is_what_a_hit_returns_or_nothing_is_cached(value: object) -> None:
+    from shared_cache._serialization import encode_value
+
+    try:
+        payload, returned = encode_value(value, "document")
+    except SerializationError:
+        return  # refused: returned to the caller as it is, never cached
+    assert deserialize_from_cache(payload, "document") == returned
+    assert serialize_for_cache(returned, "document") == payload
