@@ -100,9 +100,11 @@ loose_values = st.recursive(
     | st.floats()  # nan and infinities included
     | st.text()
     | st.binary(max_size=4),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.tuples(inner, inner)
-    | st.dictionaries(st.one_of(st.text(), st.integers()), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.one_of(st.text(), st.integers()), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 

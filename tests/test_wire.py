@@ -38,9 +38,7 @@ async def test_an_error_reply_fails_one_call_and_the_stream_goes_on(redis_url: s
     sync_redis.rpush("wire:list", "x")
     sync_redis.set("wire:str", "ok")
     t = tier(redis_url, breaker_threshold=1)
-    results = await asyncio.gather(
-        t.call("INCR", "wire:list"), t.call("GET", "wire:str"), return_exceptions=True
-    )
+    results = await asyncio.gather(t.call("INCR", "wire:list"), t.call("GET", "wire:str"), return_exceptions=True)
     assert isinstance(results[0], BackendCommandError) and "WRONGTYPE" in str(results[0])
     assert results[1] == b"ok"
     assert not t.breaker.is_open  # the server answered: it is up
