@@ -10,22 +10,16 @@ from pydantic import ValidationError
 
 from shared_cache import CacheManager
 
-from .errors import BadInput, first_error
+from .errors import BadInput, CliFailure, first_error
+from .letters import decode_entry, key_problem, parked_counts
 from .render import clip, parked, table, when
-from .replay import decode_entry, replay
+from .replay import replay
 from .state import State
-from .values import count, text
 
 
 @click.group(name="dead-letters")
 def dead_letters() -> None:
     """Events the listener could not parse or plan, parked with the reason (SHARED_CACHE_WORKER_DEAD_LETTER_KEY)."""
-
-
-async def parked_counts(manager: CacheManager, key: str) -> dict[str, int]:
-    """How many dead letters each source parked so far."""
-    raw = await manager.redis.client().hgetall(manager.keys.dead_letter_counts(key))
-    return {text(source): count(n) for source, n in raw.items()}
 
 
 @dead_letters.command(name="list")
@@ -36,6 +30,9 @@ def list_(state: State, most: int) -> None:
     key = state.listener.dead_letter_key
 
     async def work(manager: CacheManager) -> dict[str, Any]:
+        problem = await key_problem(manager, key)
+        if problem:
+            raise CliFailure(problem)
         client = manager.redis.client()
         waiting = int(await client.llen(key))
         entries = [decode_entry(raw) for raw in await client.lrange(key, 0, most - 1)]

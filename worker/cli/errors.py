@@ -43,7 +43,7 @@ class OneLineUsageError(click.UsageError):
 
     def show(self, file: IO[Any] | None = None) -> None:
         hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
-        click.echo(f"error: {one_line(self.format_message())}{hint}", err=True)
+        click.echo(f"error: {one_line(self.format_message()).rstrip('.')}{hint}", err=True)
 
     @classmethod
     def of(cls, exc: click.UsageError) -> OneLineUsageError:

@@ -75,7 +75,7 @@ def _target(
     conversation: str | None,
 ) -> Target:
     if data_type is not None:
-        rid = resource or "*"
+        rid = "*" if resource is None else resource  # an empty --resource is an invalid id, not "all"
         return Target(
             resource_scopes(tenant, data_type, rid),
             f"{data_type} {rid}",

@@ -9,6 +9,7 @@ from typing import Any
 from shared_cache import CacheManager
 
 from .checks import Check
+from .letters import key_problem
 from .render import size
 from .values import integer, json_object, number, text
 
@@ -56,8 +57,12 @@ async def check_listener_report(manager: CacheManager) -> Check:
     return Check("OK", "listener", f"reported {age:.0f} s ago, {events} events")
 
 
-async def check_dead_letters(client: Any, key: str) -> Check:
-    dead = integer(await client.llen(key))
+async def check_dead_letters(manager: CacheManager, key: str) -> Check:
+    """None waiting, or how many (a WARN); a FAIL if the key is not a list of dead letters."""
+    problem = await key_problem(manager, key)
+    if problem:
+        return Check("FAIL", "dead letters", problem)
+    dead = integer(await manager.redis.client().llen(key))
     if dead:
         return Check("WARN", "dead letters", f"{dead} waiting: `shared-cache dead-letters list`, then `... replay`")
     return Check("OK", "dead letters", "none waiting")
@@ -70,5 +75,5 @@ async def redis_checks_after_ping(manager: CacheManager, dead_letter_key: str) -
         await check_memory_policy(client),
         await check_eviction_subscribers(client, manager.settings.eviction_channel),
         await check_listener_report(manager),
-        await check_dead_letters(client, dead_letter_key),
+        await check_dead_letters(manager, dead_letter_key),
     ]

@@ -22,10 +22,9 @@ from worker.coalesce import Window
 from worker.events import ChangeEvent
 from worker.rules import Planner
 
-from .errors import describe, first_error
+from .errors import CliFailure, describe, first_error
+from .letters import Entry, decode_entry, key_problem
 from .state import State
-
-Entry = dict[str, Any]
 
 
 def send_window(celery: Any, window: Window, settings: TaskSettings) -> dict[str, int]:
@@ -43,19 +42,6 @@ def send_window(celery: Any, window: Window, settings: TaskSettings) -> dict[str
             celery.send_task("shared_cache.warm_texts", args=[tenant, texts], queue="warming")
             sent["warming"] += 1
     return sent
-
-
-def decode_entry(raw: bytes | str) -> Entry:
-    """A dead letter as stored; an entry that is not a JSON object is kept whole as its raw input,
-    so it can be listed and put back rather than lost."""
-    try:
-        entry = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        entry = None
-    if isinstance(entry, dict):
-        return entry
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return {"source": "?", "reason": "not a dead-letter entry (not a JSON object)", "raw": text, "unreadable": True}
 
 
 def plan_entry(entry: Entry, planner: Planner, window: Window) -> str | None:
@@ -78,6 +64,9 @@ async def replay(state: State, manager: CacheManager, planner: Planner, celery: 
     """Replay at most ``count`` of the oldest dead letters (see the module's docstring)."""
     settings = state.listener
     key, client = settings.dead_letter_key, manager.redis.client()
+    problem = await key_problem(manager, key)
+    if problem:
+        raise CliFailure(problem)
     # Entries that fail again are pushed back at the newest end: taking at most what is there now
     # never takes them twice in one run.
     waiting = int(await client.llen(key))

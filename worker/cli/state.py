@@ -174,4 +174,4 @@ def _read(make: Callable[[], S], what: str) -> S:
     except ValidationError as exc:
         raise BadInput(f"{what}: {first_error(exc)}") from None
     except SettingsError as exc:  # a value that is not the JSON a list setting needs
-        raise BadInput(f"{what}: {exc}") from None
+        raise BadInput(f'{what}: {exc} (a list setting takes JSON, e.g. ["a", "b"])') from None

@@ -14,8 +14,9 @@ from typing import Any
 
 from shared_cache import CacheManager, InvalidKeyError, validate_tenant_id
 
+from .letters import key_problem, parked_counts
 from .stats_aggregate import aggregate_reads, aggregate_tenants, listener_row, process_row
-from .values import count, integer, json_object, text
+from .values import integer, json_object, text
 
 
 async def collect_stats(
@@ -34,7 +35,6 @@ async def collect_stats(
     by_tenant, reported = aggregate_tenants(reports, max_tenants, set(tenants) if tenants else None)
     listener = json_object(await client.get(manager.keys.worker_stats))
     memory = await client.info("memory")
-    parked = await client.hgetall(manager.keys.dead_letter_counts(dead_letter_key))
     data: dict[str, Any] = {
         "prefix": manager.prefix,
         "cache": aggregate_reads(reports)
@@ -47,11 +47,7 @@ async def collect_stats(
             "maxmemory_policy": text(memory.get("maxmemory_policy")),
             "keys": integer(await client.dbsize()),
         },
-        "dead_letters": {
-            "key": dead_letter_key,
-            "waiting": integer(await client.llen(dead_letter_key)),
-            "parked": {text(k): count(v) for k, v in parked.items()},
-        },
+        "dead_letters": await dead_letters(manager, dead_letter_key),
         "tenants": None,
     }
     if max_scan:
@@ -64,6 +60,16 @@ async def collect_stats(
             "rows": [await tenant_keys(manager, tenant, max_scan, cluster) for tenant in scanned],
         }
     return data
+
+
+async def dead_letters(manager: CacheManager, key: str) -> dict[str, Any]:
+    """How many dead letters wait and how many each source parked; ``problem`` if the keys are not
+    the listener's (then nothing is counted)."""
+    problem = await key_problem(manager, key)
+    if problem:
+        return {"key": key, "waiting": None, "parked": {}, "problem": problem}
+    waiting = integer(await manager.redis.client().llen(key))
+    return {"key": key, "waiting": waiting, "parked": await parked_counts(manager, key)}
 
 
 async def read_reports(manager: CacheManager) -> tuple[list[dict[str, Any]], int]:

@@ -91,7 +91,9 @@ def redis_section(redis: dict[str, Any], dead: dict[str, Any]) -> list[str]:
     return [
         f"Redis: {size(redis['used_memory'])} used {maxmemory}, policy {redis['maxmemory_policy']},"
         f" {plural(redis['keys'], 'key')}",
-        f"Dead letters: {dead['waiting']} waiting in {dead['key']}" + parked(dead["parked"]),
+        f"Dead letters: {dead['problem']}"
+        if dead.get("problem")
+        else f"Dead letters: {dead['waiting']} waiting in {dead['key']}" + parked(dead["parked"]),
     ]
 
 
