@@ -47,7 +47,9 @@ def doctor(state: State, skip_db: bool, skip_broker: bool, max_lag_bytes: int) -
     else:
         ls = state.listener
         checks += database_checks(database_url, mask_url(database_url), ls.slot_name, max_lag_bytes)
-    checks = [check._replace(detail=state.scrub(check.detail)) for check in checks]
+    # What failed may quote an exception, and an exception may quote a password; OK lines show
+    # URLs already masked (scrubbing them too would mangle a detail that contains a weak password).
+    checks = [c if c.status == "OK" else c._replace(detail=state.scrub(c.detail)) for c in checks]
     failed = any(check.status == "FAIL" for check in checks)
     state.emit(
         {"ok": not failed, "checks": [{"status": s, "check": c, "detail": d} for s, c, d in checks]},

@@ -115,7 +115,7 @@ def _port_problem(parts: SplitResult) -> str | None:
     if hostport.startswith("["):  # [v6 address]:port
         port = hostport.partition("]")[2].removeprefix(":")
     else:
-        port = hostport.rpartition(":")[2] if ":" in hostport else ""
+        port = hostport.partition(":")[2]  # as urllib reads it: all after the first colon
     if port and not _valid_port(port):
         return f"port {port!r} is not a number from 1 to 65535"
     return None
