@@ -174,7 +174,11 @@ def test_well_formed_broker_urls_pass(url: str) -> None:
 )
 def test_well_formed_database_urls_pass(dsn: str) -> None:
     assert database_url_problem(dsn) is None
+
+
+def test_well_formed_sentinels_pass() -> None:
     assert sentinels_problem("s1:26379, [::1]:26380") is None
+    assert sentinels_problem("s1:26379,s2") == "entry 's2' is not host:port"
 
 
 # -- click's own usage errors -------------------------------------------------------------------

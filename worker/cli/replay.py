@@ -29,8 +29,9 @@ from .state import State
 
 def send_window(celery: Any, window: Window, settings: TaskSettings) -> dict[str, int]:
     """Send the window's tasks: one invalidation task per tenant, warming batches if warming is on.
-    The tasks carry no commit time, so replayed changes do not skew the commit-to-evict latency.
-    Returns how many tasks went to each queue."""
+    The tasks carry no commit time, so replayed changes do not skew the commit-to-evict latency, and
+    their reason says they are replayed. Returns how many tasks went to each queue. The only place
+    replay sends anything (it runs on a thread: Celery's publishing blocks)."""
     sent = {"invalidation": 0, "warming": 0}
     for tenant, scopes, reason, _caused_at in window.invalidation_tasks():
         celery.send_task(
