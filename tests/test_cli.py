@@ -8,7 +8,6 @@ loop), and through the installed entry point in a subprocess where the process b
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -25,16 +24,16 @@ import psycopg
 import pytest
 import redis
 import redis.asyncio as aredis
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from devtools.embedded import EmbeddedPostgres as PostgresServer
 from devtools.embedded import free_port
 from shared_cache import CacheManager, Keyspace, agent_scopes, get_with_cache_aside
 from tasks.settings import TaskSettings
 from tasks.support import mask_url, secrets_of
+from tests.cli_harness import as_json, broker_url, cli_env, queued, run
 from tests.waiting import wait_until
 from worker.app import make_app
-from worker.cli import cli
 from worker.dead_letters import DeadLetters
 from worker.events import ChangeEvent
 from worker.listener import Listener
@@ -43,7 +42,6 @@ from worker.settings import ListenerSettings
 from worker.sources.postgres import PostgresLogicalSource
 
 ROOT = Path(__file__).resolve().parent.parent
-BROKER_DB = 5
 SCHEMA = """
 CREATE TABLE documents (id text PRIMARY KEY, tenant_id text, collection_id text, title text);
 CREATE TABLE document_chunks (id serial PRIMARY KEY, tenant_id text, document_id text, collection_id text,
@@ -67,45 +65,7 @@ def pg() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def env(manager: CacheManager, redis_url: str) -> dict[str, str]:
-    """The command's environment: the same Redis, prefix and eviction channel as ``manager``."""
-    return {
-        "SHARED_CACHE_REDIS_URL": redis_url,
-        "SHARED_CACHE_KEY_PREFIX": manager.prefix,
-        "SHARED_CACHE_EVICTION_CHANNEL": manager.settings.eviction_channel,
-        "SHARED_CACHE_WORKER_BROKER_URL": broker_url(redis_url),
-        "SHARED_CACHE_WORKER_DEAD_LETTER_KEY": f"{manager.prefix}dead",
-        "SHARED_CACHE_WORKER_EMBEDDING_PROVIDER": "none",
-        "SHARED_CACHE_WORKER_RULES_FILE": "",
-    }
-
-
-def broker_url(redis_url: str) -> str:
-    return f"{redis_url.rsplit('/', 1)[0]}/{BROKER_DB}"
-
-
-async def run(env: dict[str, str], *args: str, input: str | None = None) -> Result:
-    """One command, in-process. ``catch_exceptions=False``: an exception escaping the command (which
-    a user would see as a traceback) fails the test instead of becoming an exit code."""
-    runner = CliRunner()
-    return await asyncio.to_thread(runner.invoke, cli, list(args), env=env, input=input, catch_exceptions=False)
-
-
-def as_json(result: Result) -> Any:
-    return orjson.loads(result.stdout)
-
-
-def queued(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
-    """Celery task messages waiting on a Redis broker queue: headers and decoded args, oldest first."""
-    messages = []
-    for raw in reversed(broker.lrange(queue, 0, -1)):
-        envelope = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-        messages.append({"task": envelope["headers"]["task"], "args": args})
-    return messages
-
-
-def document(result: Any) -> dict[str, Any]:
-    return {"id": result}
+    return cli_env(manager, redis_url)
 
 
 # -- stats --------------------------------------------------------------------------------------
@@ -153,6 +113,8 @@ async def test_stats_reports_processes_listener_and_tenants(
     assert set(row["latency_ms"]) == {"db", "redis"}  # one memory hit in eight is timed: none of two
     assert cache["by_type"]["query_result"]["misses"] == 1
     assert (cache["hits"], cache["misses"]) == (3, 2)
+    # Reads per tenant appear once the library's report carries them (tests/test_cli_tenants.py).
+    assert [t["tenant"] for t in cache["by_tenant"]] == (["acme"] if "tenants" in manager.stats_report() else [])
     process = data["processes"][0]
     assert process["memory"]["entries"] == 2 and process["subscriber"]["connects"] >= 1
     report = data["listener"]
