@@ -18,6 +18,7 @@ import click
 from pydantic import ValidationError
 
 from shared_cache import BackendUnavailable
+from shared_cache.errors import BACKEND_ERRORS
 
 
 class CliFailure(click.ClickException):
@@ -51,10 +52,9 @@ class OneLineUsageError(click.UsageError):
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
-    """What a Redis call raises when the server is away or refuses: a failure, not a bug."""
-    from redis.exceptions import RedisClusterException, RedisError
-
-    return (BackendUnavailable, RedisError, RedisClusterException, OSError)
+    """What a Redis call raises when the server is away or refuses: a failure, not a bug (the
+    library's own error, or what its client raises underneath: ``shared_cache.errors``)."""
+    return (BackendUnavailable, *BACKEND_ERRORS)
 
 
 def one_line(text: str) -> str:
