@@ -48,6 +48,15 @@ class Keyspace:
         """SCAN pattern of every key of one tenant."""
         return glob_escape(self.tenant_tag(tenant_id)) + ":*"
 
+    def entry_type(self, tenant_id: str, key: str | bytes) -> str | None:
+        """The data type of one of the tenant's cache entries, or None for a bookkeeping key
+        (generations, leases, counters, receipts, the permanent-entry set) or another tenant's key."""
+        text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        tag = self.tenant_tag(tenant_id) + ":"
+        if not text.startswith(tag) or text[len(tag) : len(tag) + 1] == "#":
+            return None
+        return text[len(tag) :].split(":", 1)[0]
+
     def generation(self, scope: Scope) -> str:
         """Generation counter of a scope."""
         tag = self.tenant_tag(scope[0])

@@ -100,7 +100,6 @@ async def known_tenants(manager: CacheManager, most: int) -> list[str]:
 
 async def tenant_keys(manager: CacheManager, tenant: str, max_scan: int, cluster: bool) -> dict[str, Any]:
     """The tenant's cache entries per data type, and its bookkeeping keys, counted by SCAN."""
-    tag = manager.keys.tenant_tag(tenant) + ":"
     entries: dict[str, int] = {}
     other = 0
     complete = True
@@ -108,11 +107,10 @@ async def tenant_keys(manager: CacheManager, tenant: str, max_scan: int, cluster
         if key is None:
             complete = False
             break
-        rest = key[len(tag) :].decode("utf-8", "replace")
-        if rest.startswith("#"):  # generations, leases, counters, receipts, the permanent-entry set
+        data_type = manager.keys.entry_type(tenant, key)
+        if data_type is None:  # generations, leases, counters, receipts, the permanent-entry set
             other += 1
-        else:  # an entry: its data type comes first
-            data_type = rest.split(":", 1)[0]
+        else:
             entries[data_type] = entries.get(data_type, 0) + 1
     return {
         "tenant": tenant,
