@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ._entry import current_payload
 from ._keys import validate_tenant
 from ._manager import CacheManager
-from ._memory import DATA, HOLD_EMBEDDING, KIND, time_left
+from ._memory import DATA, HOLD_EMBEDDING, KIND
 from ._redis_tier import WRITE_BATCH
 from ._serialization import KIND_EMBEDDING, decode_embedding, encode_embedding
 from ._ttl import ttl_for
@@ -150,6 +150,7 @@ async def _lookup(
     head_tag = (reply[0] or b"0") + b"," + (reply[1] or b"0") + b","
     memory = manager.memory
     cell = manager.stats.memory_cell(_TYPE, tenant)
+    now = time.time()
     for k, i in enumerate(pending):
         want = head_tag + (reply[3 + 2 * k] or b"0")
         current = current_payload(reply[2 + 2 * k], want)
@@ -158,8 +159,8 @@ async def _lookup(
             if embedding_dim(payload) is not None:
                 found[unique[i]] = payload
                 metrics["redis_hits"] += 1
-                left = time_left(expires_at)
-                if memory is not None and left is not None:
+                left = expires_at - now if expires_at else 0.0  # as time_left, one clock read a batch
+                if memory is not None and left >= 0:
                     memory.set((_TYPE, tenant, rids[i], None, None, None), payload, left, entry_keys[i], "tenant",
                                _scopes(tenant, rids[i]), seq, hits=cell)  # fmt: skip
                 continue
@@ -237,6 +238,11 @@ def _as_matrix(texts: Sequence[str], found: dict[str, bytes]) -> np.ndarray[Any,
     if len(dims) > 1:
         raise ValueError(f"as_numpy needs embeddings of one dimension, got dimensions {sorted(dims)}")
     dim = dims.pop() if dims else 0
-    body = b"".join([memoryview(found[text])[5:] for text in texts])  # one copy, in C
-    matrix = np.frombuffer(body, dtype="<f4").astype(np.float32, copy=True).reshape(len(texts), dim)
+    matrix = np.empty((len(texts), dim), dtype="<f4")  # float32 (little-endian, as the payloads)
+    if not matrix.size:
+        return matrix
+    rows = matrix.data.cast("B")
+    width = 4 * dim
+    for i, text in enumerate(texts):  # one copy of each row's bytes, no float object
+        rows[i * width : (i + 1) * width] = memoryview(found[text])[5:]
     return matrix

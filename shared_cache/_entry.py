@@ -30,11 +30,10 @@ class Entry(NamedTuple):
 
 def parse_entry(raw: bytes) -> Entry | None:
     """An entry's parts, or None when the bytes do not follow the format (a corrupt entry)."""
-    tag, sep, rest = raw.partition(b"|")
-    expiry, found, payload = rest.partition(b"|")
-    if not (sep and found and expiry.isdigit()):
+    parts = raw.split(b"|", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
         return None
-    return Entry(tag, int(expiry) / 1000.0, payload)
+    return Entry(parts[0], int(parts[1]) / 1000.0, parts[2])
 
 
 def current_payload(raw: bytes | None, want: bytes) -> tuple[bytes, float] | None:

@@ -93,3 +93,23 @@ async def test_invalidation_of_the_type_drops_batch_entries(manager: CacheManage
     await manager.invalidate("t", "embedding", "*")
     _, metrics = await get_embeddings_batch_with_cache(["a"], "t", "m", provider)
     assert metrics["cache_misses"] == 1 and len(provider.calls) == 2
+
+
+async def test_as_numpy_is_one_float32_matrix_equal_to_the_lists(manager: CacheManager) -> None:
+    provider = Provider()
+    texts = ["alpha", "beta", "alpha", "gamma"]
+    lists, _ = await get_embeddings_batch_with_cache(texts, "t", "m", provider)  # generated
+    assert manager.memory is not None
+    manager.memory.clear()
+    matrix, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider, as_numpy=True)  # Redis
+    assert metrics["redis_hits"] == 3 and metrics["duplicates"] == 1
+    assert isinstance(matrix, np.ndarray) and matrix.dtype == np.float32 and matrix.shape == (4, 3)
+    assert matrix.flags["C_CONTIGUOUS"] and matrix.flags["WRITEABLE"]
+    assert matrix.tolist() == lists
+    from_memory, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider, as_numpy=True)
+    assert metrics["memory_hits"] == 3 and np.array_equal(from_memory, matrix)
+    matrix[0, 0] = 99.0  # the caller's own copy
+    again, _ = await get_embeddings_batch_with_cache(texts, "t", "m", provider, as_numpy=True)
+    assert again[0, 0] == lists[0][0]
+    empty, _ = await get_embeddings_batch_with_cache([], "t", "m", provider, as_numpy=True)
+    assert empty.shape == (0, 0)
