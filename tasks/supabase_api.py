@@ -32,14 +32,16 @@ def project_url(url: str) -> str:
         parts = urlsplit(text)
         scheme = parts.scheme.lower()
         host = parts.hostname
+        parts.port  # noqa: B018  (raises ValueError for a port out of range)
     except ValueError:
         raise ValueError(f"expected {EXPECTED}, got {mask_url(text)!r}") from None
     if scheme not in _SCHEMES or not host:
         raise ValueError(f"expected {EXPECTED}, got {mask_url(text)!r}")
-    if parts.query or parts.fragment:
+    if parts.query or parts.fragment:  # shown without them: a pasted URL may carry the key there
+        shown = mask_url(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
         raise ValueError(
             f"the Supabase URL must not carry a query or fragment (the key has a setting of its own), "
-            f"got {mask_url(text)!r}"
+            f"got {shown!r} with one"
         )
     path = parts.path.rstrip("/")
     for suffix in _ENDPOINT_SUFFIXES:

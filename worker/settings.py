@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.supabase_api import project_url
@@ -59,3 +59,12 @@ class ListenerSettings(BaseSettings):
     @classmethod
     def _project_url(cls, value: str) -> str:
         return project_url(value) if value.strip() else ""
+
+    @model_validator(mode="after")
+    def _supabase_configured(self) -> ListenerSettings:
+        if "supabase" in self.sources and not (self.supabase_url and self.supabase_key.get_secret_value()):
+            raise ValueError(
+                "the supabase source needs SHARED_CACHE_WORKER_SUPABASE_URL (the project URL) and "
+                "SHARED_CACHE_WORKER_SUPABASE_KEY (the service-role key)"
+            )
+        return self

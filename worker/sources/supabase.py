@@ -486,4 +486,7 @@ class SupabaseRealtimeSource:
 
     def _safe(self, value: object) -> str:
         """Text for a log line with the key masked (exceptions can quote the socket URL)."""
-        return mask_secrets(str(value), [self._key])
+        text = str(value)
+        if isinstance(value, BaseException) and not text:
+            text = type(value).__name__  # a timeout says nothing by itself
+        return mask_secrets(text, [self._key])
