@@ -439,7 +439,7 @@ class SupabaseRealtimeSource:
             return
         try:
             event = change_event_from_payload(payload)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # whatever the payload, it must not break the client's listener task
             self.malformed += 1
             self._dead_letter(payload, describe_error(exc), REASON_DEAD_LETTER)
             return
