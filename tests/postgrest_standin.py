@@ -62,6 +62,7 @@ class PostgrestStandIn:
         self._db: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
         self._relays: set[asyncio.Task[None]] = set()
+        self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}  # per connection (httpx keeps them)
 
     @property
     def url(self) -> str:
@@ -77,9 +78,11 @@ class PostgrestStandIn:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for task in list(self._relays):
+            for task in self._relays:
                 task.cancel()
-            await asyncio.gather(*self._relays, return_exceptions=True)
+            for writer in self._handlers.values():  # ends idle handlers without cancelling them: on
+                writer.transport.abort()  # Python 3.11 a cancelled handler makes asyncio log an error
+            await asyncio.gather(*self._relays, *self._handlers, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
         if self._db is not None:
@@ -89,6 +92,10 @@ class PostgrestStandIn:
     # -- HTTP --------------------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers[handler] = writer
+            handler.add_done_callback(lambda task: self._handlers.pop(task, None))
         try:
             while True:  # keep-alive: httpx reuses its connections
                 head = await reader.readuntil(b"\r\n\r\n")

@@ -51,15 +51,19 @@ def supabase_source(settings: ListenerSettings, planner: Planner, listener: List
     from worker.sources.supabase import SupabaseRealtimeSource
     from worker.sources.supabase_heartbeat import SupabaseHeartbeat
 
+    if not settings.supabase_url:
+        raise ValueError("the supabase source needs SHARED_CACHE_WORKER_SUPABASE_URL (the project URL)")
     key = settings.supabase_key.get_secret_value()
-    heartbeat = SupabaseHeartbeat(settings.supabase_url, key, settings.realtime_heartbeat_table)
-    return SupabaseRealtimeSource.from_settings(
-        settings,
+    return SupabaseRealtimeSource(
+        settings.supabase_url,
+        key,
         planner.tables,
         on_gap=listener.on_gap,
         on_dead_letter=listener.on_dead_letter,
-        heartbeat=heartbeat,
+        heartbeat=SupabaseHeartbeat(settings.supabase_url, key, settings.realtime_heartbeat_table),
         plan_check=plan_check_for(planner),
+        probe_interval=settings.realtime_probe_interval_s,
+        probe_timeout=settings.realtime_probe_timeout_s,
     )
 
 

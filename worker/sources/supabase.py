@@ -47,7 +47,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from pydantic import SecretStr
 from realtime import (
@@ -71,9 +71,6 @@ from worker.sources.realtime_payload import (
 )
 from worker.sources.realtime_probe import Probe
 from worker.sources.supabase_heartbeat import Heartbeat
-
-if TYPE_CHECKING:
-    from worker.settings import ListenerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -164,32 +161,6 @@ class SupabaseRealtimeSource:
         self._runner: asyncio.Task[None] | None = None
         self._iterating = False
         self._closed = False
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: ListenerSettings,
-        tables: Iterable[str],
-        *,
-        on_gap: GapHandler,
-        on_dead_letter: DeadLetterHandler,
-        heartbeat: Heartbeat | None = None,
-        plan_check: PlanCheck | None = None,
-    ) -> SupabaseRealtimeSource:
-        """The source as ``ListenerSettings`` describe it (``SHARED_CACHE_WORKER_SUPABASE_*``...)."""
-        if not settings.supabase_url:
-            raise ValueError("the supabase source needs SHARED_CACHE_WORKER_SUPABASE_URL (the project URL)")
-        return cls(
-            settings.supabase_url,
-            settings.supabase_key,
-            tables,
-            on_gap=on_gap,
-            on_dead_letter=on_dead_letter,
-            heartbeat=heartbeat,
-            plan_check=plan_check,
-            probe_interval=settings.realtime_probe_interval_s,
-            probe_timeout=settings.realtime_probe_timeout_s,
-        )
 
     def __repr__(self) -> str:
         return f"SupabaseRealtimeSource(url={self._url!r}, tables={self.tables!r})"
