@@ -74,7 +74,7 @@ class ListenerProcess:
             "SHARED_CACHE_WORKER_SUPABASE_URL": project.url,
             "SHARED_CACHE_WORKER_SUPABASE_KEY": KEY,
             "SHARED_CACHE_WORKER_REALTIME_PROBE_INTERVAL_S": "0.2",
-            "SHARED_CACHE_WORKER_REALTIME_PROBE_TIMEOUT_S": "0.8",
+            "SHARED_CACHE_WORKER_REALTIME_PROBE_TIMEOUT_S": "2.0",
             "SHARED_CACHE_WORKER_DEAD_LETTER_KEY": f"{PREFIX}dead",
         }
         self.redis = redis.Redis.from_url(redis_url)
