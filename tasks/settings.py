@@ -10,18 +10,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.supabase_api import project_url
 
 
 class TaskSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHARED_CACHE_WORKER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SHARED_CACHE_WORKER_", extra="ignore", hide_input_in_errors=True)
 
     broker_url: SecretStr = Field(SecretStr("redis://localhost:6379/1"), description="Celery broker (Redis) URL.")
     database_url: SecretStr = Field(
         SecretStr("postgresql://postgres@localhost:5432/postgres"),
         description="Postgres DSN (a direct connection): the logical replication source, warm_collection texts.",
     )
+    supabase_url: str = Field(
+        "",
+        description="Supabase project URL; when set, warm_collection reads chunk texts through its REST API.",
+    )
+    supabase_key: SecretStr = Field(SecretStr(""), description="Supabase service-role key, for the REST API.")
     chunks_table: str = Field("document_chunks", description="Table warm_collection reads chunk texts from.")
     chunks_text_column: str = Field("content", description="Column holding a chunk's text.")
     chunks_tenant_column: str = Field("tenant_id", description="Column holding a chunk's tenant.")
@@ -39,3 +46,8 @@ class TaskSettings(BaseSettings):
         300, ge=1, description="Seconds before an unacknowledged task (its worker died) is delivered again."
     )
     sentry_dsn: SecretStr = Field(SecretStr(""), description="Sentry DSN; empty disables Sentry.")
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _project_url(cls, value: str) -> str:
+        return project_url(value) if value.strip() else ""

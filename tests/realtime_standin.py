@@ -36,15 +36,29 @@ given Postgres DSN, polled with ``pg_logical_slot_get_changes`` every ``poll_int
 is the mechanism of the real server's ``postgres_changes`` extension (walrus polls a wal2json slot),
 preferred here over triggers + LISTEN/NOTIFY because it needs nothing on the watched tables and keeps
 commit order. The slot is created by ``start()`` (only changes committed after it are seen) and
-dropped by ``stop()``. Row-level security, JWT checks and the 64-byte truncation of oversized records
-are not emulated: the tests connect with a service key.
+dropped by ``stop()``. What the server's database side does to each change (publication
+membership, row level security on DELETEs, error rows for tables without a primary key, oversized
+records) is in ``tests/realtime_walrus.py``.
+
+What the server does to channels, as ``realtime_channel.ex`` does it:
+
+- a join whose bindings include a table outside the ``supabase_realtime`` publication is answered
+  ``ok``, then the subscription fails as a whole: a ``system`` message ``{"extension":
+  "postgres_changes", "status": "error", "message": "Unable to subscribe to changes with given
+  parameters. Please check Realtime is enabled for the given connect parameters: [...]"}`` and the
+  channel forwards nothing (the client then reports ``CHANNEL_ERROR`` and rejoins);
+- ``shutdown_channels(message)`` is the server's ``shutdown_response``: a ``system`` error with
+  ``extension: "system"``, then ``phx_close`` for the channel's join ref, and the channel is gone;
+- ``db_events_limit`` is the tenant-wide database-event rate limit (``max_events_per_second``,
+  averaged over ``rate_window_s``, counted once per matching subscription over every client):
+  while it is exceeded the poller skips changes silently (``skipped`` counts them).
 
 Test controls: ``subscribed_delay`` (answer the join at once but forward changes, and send the
 ``system`` message, only N seconds later, like realtime-js#525: changes in between are lost),
 ``silent`` (forward nothing while sockets and heartbeats stay alive), ``lose_bindings()`` (channels
 joined so far stop receiving changes; new joins work: a rejoin without its bindings, as in
 supabase/realtime-py#213/#258), ``drop_connections()`` (abort every socket without a close frame),
-``send_raw()`` (push a malformed frame or change).
+``send_raw()`` (push a malformed frame or change), ``push_system_error()``, ``shutdown_channels()``.
 """
 
 from __future__ import annotations
@@ -54,11 +68,12 @@ import contextlib
 import json
 import logging
 import operator
+import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -68,13 +83,13 @@ import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from tests.realtime_walrus import SLOT_OPTIONS, Walrus
+
 logger = logging.getLogger(__name__)
 
 SOCKET_PATH = "/realtime/v1/websocket"
 VSN = "1.0.0"
 EVENTS = {"*", "INSERT", "UPDATE", "DELETE"}
-ACTIONS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}
-JSON_TYPES = {"json", "jsonb"}
 COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
     "eq": operator.eq,
     "neq": operator.ne,
@@ -83,10 +98,6 @@ COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
     "gt": operator.gt,
     "gte": operator.ge,
 }
-SLOT_OPTIONS = (
-    "'format-version', '2', 'include-timestamp', 'true', 'include-type-oids', 'true', 'include-pk', 'true', "
-    "'include-transaction', 'false', 'actions', 'insert,update,delete'"
-)
 
 
 @dataclass(frozen=True)
@@ -116,7 +127,9 @@ class Channel:
     topic: str
     bindings: list[Binding]
     ready_at: float
+    join_ref: str | None = None
     lost: bool = False
+    failed: bool = False  # its subscription could not be created: it forwards nothing
 
 
 @dataclass(eq=False)
@@ -184,22 +197,6 @@ def _valid_filter(spec: Any) -> bool:
     return op == "in" or op in COMPARISONS
 
 
-def commit_timestamp(text: str) -> str:
-    """wal2json's ``2024-05-01 10:00:00.123456+00`` as the server formats it: ``2024-05-01T10:00:00.123Z``."""
-    stamp = datetime.fromisoformat(text).astimezone(UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
-def _value(column: Mapping[str, Any], typname: str) -> Any:
-    """A column value as the server's ``realtime.cast`` gives it: json parsed, timestamps in ISO form."""
-    value = column.get("value")
-    if isinstance(value, str) and typname in JSON_TYPES:
-        return json.loads(value)
-    if isinstance(value, str) and typname in ("timestamptz", "timestamp"):
-        return datetime.fromisoformat(value).isoformat()
-    return value
-
-
 class RealtimeStandIn:
     """The stand-in server. ``await RealtimeStandIn(dsn).start()``, then connect to ``url``."""
 
@@ -211,13 +208,23 @@ class RealtimeStandIn:
         slot_name: str | None = None,
         poll_interval: float = 0.02,
         subscribed_delay: float = 0.0,
+        publication: str | None = "supabase_realtime",
+        max_record_bytes: int = 1024 * 1024,
+        db_events_limit: float | None = None,
+        rate_window_s: float = 60.0,
     ) -> None:
         self.dsn = dsn
         self.api_key = api_key
         self.slot_name = slot_name or f"realtime_standin_{uuid.uuid4().hex[:12]}"
         self.poll_interval = poll_interval
         self.subscribed_delay = subscribed_delay
+        self.walrus = Walrus(publication, max_record_bytes)
+        self.db_events_limit = db_events_limit
+        self.rate_window_s = rate_window_s
+        self._db_events: deque[tuple[float, int]] = deque()
         self.silent = False
+        self.skipped = 0  # changes the rate limit skipped
+        self.failed_subscriptions = 0
         self.port = 0
         # counters the tests read
         self.connections_total = 0
@@ -230,7 +237,6 @@ class RealtimeStandIn:
         self._server: Server | None = None
         self._poller: asyncio.Task[None] | None = None
         self._db: psycopg.AsyncConnection[Any] | None = None
-        self._typnames: dict[int, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -253,8 +259,7 @@ class RealtimeStandIn:
         """Create the slot, load type names, listen on a free loopback port and start polling."""
         self._db = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
         await self._db.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2json')", (self.slot_name,))
-        rows = await (await self._db.execute("SELECT oid::int, typname FROM pg_type")).fetchall()
-        self._typnames = {int(oid): str(name) for oid, name in rows}
+        await self.walrus.refresh(self._db)
         self._server = await serve(self._serve, "127.0.0.1", 0, process_request=self._check_request, ping_interval=None)
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
         self._poller = asyncio.create_task(self._poll(), name="realtime-standin-poll")
@@ -312,6 +317,24 @@ class RealtimeStandIn:
                 ]
                 frame = {"topic": channel.topic, "event": "postgres_changes", "payload": {"ids": ids, "data": payload}}
                 await self._send(conn, {**frame, "ref": None})
+
+    async def push_system_error(self, message: str, extension: str = "postgres_changes") -> None:
+        """Push a ``system`` error on every joined channel (the channel stays joined)."""
+        for conn in list(self._connections):
+            for channel in list(conn.channels.values()):
+                await self._system(conn, channel, "error", message, extension)
+
+    async def shutdown_channels(self, message: str = "Too many messages per second") -> int:
+        """The server's ``shutdown_response``: ``system`` error, then ``phx_close``; channels gone."""
+        closed = 0
+        for conn in list(self._connections):
+            for channel in list(conn.channels.values()):
+                await self._system(conn, channel, "error", message, "system")
+                conn.channels.pop(channel.topic, None)
+                frame = {"topic": channel.topic, "event": "phx_close", "payload": {}, "ref": channel.join_ref}
+                await self._send(conn, frame)
+                closed += 1
+        return closed
 
     # -- websocket side ----------------------------------------------------------------------------
 
@@ -378,22 +401,39 @@ class RealtimeStandIn:
             return
         conn.access_token = payload.get("access_token", conn.access_token)
         delay = max(0.0, self.subscribed_delay)
-        channel = Channel(topic, bindings, asyncio.get_running_loop().time() + delay)
+        channel = Channel(topic, bindings, asyncio.get_running_loop().time() + delay, join_ref=ref)
         conn.channels[topic] = channel
         await self._reply(conn, topic, ref, "ok", {"postgres_changes": [b.echo for b in bindings]})
         if bindings:
-            task = asyncio.create_task(self._announce(conn, channel, delay))
+            task = asyncio.create_task(self._subscribe(conn, channel, delay))
             conn.tasks.add(task)
             task.add_done_callback(conn.tasks.discard)
 
-    async def _announce(self, conn: Connection, channel: Channel, delay: float) -> None:
-        """The ``system`` message the server sends once the replication side is really set up."""
-        await asyncio.sleep(delay)
-        if conn.channels.get(channel.topic) is not channel:
+    async def _subscribe(self, conn: Connection, channel: Channel, delay: float) -> None:
+        """Create the channel's subscriptions, all or none, then tell the client which it was."""
+        assert self._db is not None
+        await self.walrus.refresh(self._db)
+        missing = [b for b in channel.bindings if not self.walrus.subscribable(b.schema, b.table)]
+        if missing:
+            channel.failed = True
+            self.failed_subscriptions += 1
+            params = ", ".join(
+                f"[event: {b.event}, schema: {b.schema}, table: {b.table}, filters: []]" for b in missing
+            )
+            message = (
+                "Unable to subscribe to changes with given parameters. "
+                f"Please check Realtime is enabled for the given connect parameters: {params}"
+            )
+            await self._system(conn, channel, "error", message, "postgres_changes")
             return
+        await asyncio.sleep(delay)
+        if conn.channels.get(channel.topic) is channel:
+            await self._system(conn, channel, "ok", "Subscribed to PostgreSQL", "postgres_changes")
+
+    async def _system(self, conn: Connection, channel: Channel, status: str, message: str, extension: str) -> None:
         name = channel.topic.removeprefix("realtime:")
-        system = {"status": "ok", "message": "Subscribed to PostgreSQL", "extension": "postgres_changes"}
-        await self._send(conn, {"topic": channel.topic, "event": "system", "payload": {**system, "channel": name}})
+        payload = {"status": status, "message": message, "extension": extension, "channel": name}
+        await self._send(conn, {"topic": channel.topic, "event": "system", "payload": payload})
 
     async def _reply(self, conn: Connection, topic: str, ref: str | None, status: str, response: Any) -> None:
         reply = {"status": status, "response": response}
@@ -409,21 +449,34 @@ class RealtimeStandIn:
     # -- Postgres side -----------------------------------------------------------------------------
 
     async def _poll(self) -> None:
-        """Read the slot forever; forward each change in commit order."""
+        """Read the slot forever; forward each change in commit order (unless rate-limited)."""
+        assert self._db is not None
         while True:
             try:
+                await self.walrus.refresh(self._db, every=0.2)
                 rows = await self._read_slot()
             except psycopg.Error as exc:
                 logger.warning("stand-in: reading the slot failed: %s", exc)
                 await asyncio.sleep(0.2)
                 continue
-            for (raw,) in rows:
-                data = self._to_change(json.loads(raw))
-                if data is not None:
-                    self.changes_seen += 1
+            changes = [c for c in (self.walrus.change(json.loads(raw)) for (raw,) in rows) if c is not None]
+            self.changes_seen += len(changes)
+            if changes and self._rate_limited():
+                self.skipped += len(changes)  # the server only counts them in its telemetry
+            else:
+                for data in changes:
                     await self._dispatch(data)
             if not rows:
                 await asyncio.sleep(self.poll_interval)
+
+    def _rate_limited(self) -> bool:
+        """The tenant's database-event limit: average events per second over the window."""
+        if self.db_events_limit is None:
+            return False
+        now = time.monotonic()
+        while self._db_events and self._db_events[0][0] < now - self.rate_window_s:
+            self._db_events.popleft()
+        return sum(n for _, n in self._db_events) / self.rate_window_s > self.db_events_limit
 
     async def _read_slot(self) -> list[tuple[str]]:
         assert self._db is not None
@@ -431,48 +484,24 @@ class RealtimeStandIn:
         cursor = await self._db.execute(sql, (self.slot_name,))
         return [(str(row[0]),) for row in await cursor.fetchall()]
 
-    def _to_change(self, wal: Mapping[str, Any]) -> dict[str, Any] | None:
-        """A wal2json v2 row change as the server's ``data`` object (see the module docstring)."""
-        action = ACTIONS.get(wal.get("action", ""))
-        if action is None:
-            return None
-        columns = wal.get("columns") or wal.get("identity") or []
-        data: dict[str, Any] = {
-            "schema": wal["schema"],
-            "table": wal["table"],
-            "commit_timestamp": commit_timestamp(wal["timestamp"]),
-            "type": action,
-            "columns": [{"name": c["name"], "type": self._typname(c)} for c in columns],
-            "errors": None,
-        }
-        if action in ("INSERT", "UPDATE"):
-            data["record"] = self._row(wal.get("columns"))
-        if action in ("UPDATE", "DELETE"):
-            data["old_record"] = self._row(wal.get("identity"))
-        return data
-
-    def _typname(self, column: Mapping[str, Any]) -> str:
-        return self._typnames.get(int(column.get("typeoid") or 0), str(column.get("type")))
-
-    def _row(self, columns: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-        if not columns:
-            return None
-        return {c["name"]: _value(c, self._typname(c)) for c in columns}
-
     async def _dispatch(self, data: Mapping[str, Any]) -> None:
         """Push a change to every ready channel with a matching binding, once per channel."""
         if self.silent:
             return
         now = asyncio.get_running_loop().time()
+        matched = 0
         for conn in list(self._connections):
             for channel in list(conn.channels.values()):
-                if channel.lost or now < channel.ready_at:
+                if channel.lost or channel.failed or now < channel.ready_at:
                     continue
                 ids = [b.id for b in channel.bindings if b.matches(data)]
                 if ids:
+                    matched += len(ids)
                     self.forwarded += 1
                     payload = {"ids": ids, "data": data}
                     await self._send(conn, {"topic": channel.topic, "event": "postgres_changes", "payload": payload})
+        if matched:
+            self._db_events.append((time.monotonic(), matched))
 
 
 def _lenient_match(binding: Binding, data: Mapping[str, Any]) -> bool:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.supabase_api import project_url
 
 
 class ListenerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHARED_CACHE_WORKER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SHARED_CACHE_WORKER_", extra="ignore", hide_input_in_errors=True)
 
     sources: list[Literal["postgres", "supabase", "redis"]] = Field(
         default_factory=lambda: ["postgres"],  # type: ignore[arg-type]
@@ -26,10 +28,16 @@ class ListenerSettings(BaseSettings):
     slot_name: str = Field("shared_cache", description="Logical replication slot (wal2json) the source owns.")
     poll_interval_ms: int = Field(20, ge=1, description="How often the Postgres source polls its slot.")
     poll_batch: int = Field(5000, ge=1, description="Most changes read from the slot per poll.")
-    supabase_url: str = Field("", description="Supabase project URL, for the realtime source.")
-    supabase_key: SecretStr = Field(SecretStr(""), description="Supabase key, for the realtime source.")
+    supabase_url: str = Field(
+        "",
+        description="Supabase project URL (https://<ref>.supabase.co); the realtime and REST URLs derive from it.",
+    )
+    supabase_key: SecretStr = Field(
+        SecretStr(""), description="Supabase service-role key, for the realtime feed and the REST calls."
+    )
     realtime_heartbeat_table: str = Field(
-        "shared_cache_heartbeat", description="Table whose row the realtime liveness probe updates."
+        "shared_cache_heartbeat",
+        description="Table (in the supabase_realtime publication) whose row the realtime liveness probe upserts.",
     )
     realtime_probe_interval_s: float = Field(5.0, gt=0, description="Seconds between liveness probes.")
     realtime_probe_timeout_s: float = Field(
@@ -46,3 +54,17 @@ class ListenerSettings(BaseSettings):
     dead_letter_max: int = Field(10_000, ge=1, description="Most dead letters kept (oldest dropped).")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the listener's Prometheus metrics (0 = off).")
     sentry_dsn: SecretStr = Field(SecretStr(""), description="Sentry DSN; empty disables Sentry.")
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _project_url(cls, value: str) -> str:
+        return project_url(value) if value.strip() else ""
+
+    @model_validator(mode="after")
+    def _supabase_configured(self) -> ListenerSettings:
+        if "supabase" in self.sources and not (self.supabase_url and self.supabase_key.get_secret_value()):
+            raise ValueError(
+                "the supabase source needs SHARED_CACHE_WORKER_SUPABASE_URL (the project URL) and "
+                "SHARED_CACHE_WORKER_SUPABASE_KEY (the service-role key)"
+            )
+        return self

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from worker.rules import Planner
+from worker.events import ChangeEvent
+from worker.rules import PlanError, Planner
 from worker.settings import ListenerSettings
 from worker.sources.base import ChangeSource
 
@@ -41,37 +41,41 @@ def build_sources(
                 )
             )
         elif name == "supabase":
-            from worker.sources.supabase import SupabaseRealtimeSource
-
-            tables = [table for (schema, table) in planner.rules if schema == "public"]
-            sources.append(
-                SupabaseRealtimeSource.from_settings(
-                    settings,
-                    tables,
-                    on_gap=listener.on_gap,
-                    on_dead_letter=listener.on_dead_letter,
-                    touch_heartbeat=rest_heartbeat(settings),
-                )
-            )
+            sources.append(supabase_source(settings, planner, listener))
     return sources
 
 
-def rest_heartbeat(settings: ListenerSettings) -> Callable[[], Awaitable[None]]:
-    """Upsert the heartbeat row through Supabase's REST API (PostgREST), as the probe needs."""
-    import httpx
+def supabase_source(settings: ListenerSettings, planner: Planner, listener: Listener) -> ChangeSource:
+    """The realtime source over the rules' tables (qualified, like every source's), its heartbeat
+    upserted through supabase-py, and changes the rules cannot plan treated as lost (gaps)."""
+    from worker.sources.supabase import SupabaseRealtimeSource
+    from worker.sources.supabase_heartbeat import SupabaseHeartbeat
 
-    url = f"{settings.supabase_url.rstrip('/')}/rest/v1/{settings.realtime_heartbeat_table}"
+    if not settings.supabase_url:
+        raise ValueError("the supabase source needs SHARED_CACHE_WORKER_SUPABASE_URL (the project URL)")
     key = settings.supabase_key.get_secret_value()
-    headers = {
-        "apikey": key,
-        "Authorization": f"Bearer {key}",
-        "Prefer": "resolution=merge-duplicates,return=minimal",
-    }
+    return SupabaseRealtimeSource(
+        settings.supabase_url,
+        key,
+        planner.tables,
+        on_gap=listener.on_gap,
+        on_dead_letter=listener.on_dead_letter,
+        heartbeat=SupabaseHeartbeat(settings.supabase_url, key, settings.realtime_heartbeat_table),
+        plan_check=plan_check_for(planner),
+        probe_interval=settings.realtime_probe_interval_s,
+        probe_timeout=settings.realtime_probe_timeout_s,
+    )
 
-    async def touch() -> None:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            beat = datetime.now(UTC).isoformat()
-            response = await client.post(url, headers=headers, json={"id": 1, "beat": beat})
-            response.raise_for_status()
 
-    return touch
+def plan_check_for(planner: Planner) -> Callable[[ChangeEvent], str | None]:
+    """Why ``planner`` cannot plan an event (None if it can): for a source that must treat such an
+    event as lost rather than only park it."""
+
+    def plan_check(event: ChangeEvent) -> str | None:
+        try:
+            planner.plan(event)
+        except Exception as exc:  # PlanError, or anything else planning raised: not plannable either
+            return str(exc) if isinstance(exc, PlanError) else f"{type(exc).__name__}: {exc}"
+        return None
+
+    return plan_check

@@ -5,29 +5,37 @@ gateway) but it is the least trustworthy source the worker has, and it fails qui
 
 - it delivers at most once and never replays: whatever happens while the socket or the server-side
   subscription is down is gone;
-- ``SUBSCRIBED`` is reported 1-3 s before changes actually flow (supabase/realtime-js#525), so a
-  subscription that looks ready still loses changes;
-- the client's auto-reconnect has rejoined channels without their ``postgres_changes`` bindings
-  (supabase/realtime-py#213, #258): the socket is healthy, heartbeats are answered, nothing arrives.
+- ``SUBSCRIBED`` is reported 1-3 s before changes actually flow (supabase/realtime-js#525);
+- the client's auto-reconnect has rejoined channels without their bindings (supabase/realtime-py
+  #213, #258): the socket is healthy, heartbeats are answered, nothing arrives;
+- a watched table missing from the ``supabase_realtime`` publication makes the server roll back
+  every binding of the channel and push a ``system`` error; the client reports ``CHANNEL_ERROR``
+  and rejoins, again and again, and nothing arrives;
+- the server closes a channel it shuts down (``system`` error, then ``phx_close``), and the client
+  does not rejoin a closed channel;
+- the server skips changes silently while the project is over its database-event rate limit;
+- with row level security on a table, a DELETE's ``old_record`` carries only the primary key, so
+  the rules cannot tell which tenant's entries it made stale;
+- the error rows the server sends for tables without a primary key (``commit_timestamp`` null) are
+  dropped by the client, which only logs them.
 
-So this source distrusts the feed and proves it end to end instead:
+So this source distrusts the feed and proves it end to end (``worker.sources.realtime_probe``): a
+heartbeat row is upserted every ``probe_interval`` with a sequence number and must come back
+through the feed, in order, within ``probe_timeout``. Every way of losing changes it can see is a
+*gap* (``on_gap``: the listener invalidates conservatively what the source covers, and counts it):
 
-- a liveness probe: every ``probe_interval`` it calls ``touch_heartbeat()`` (which UPDATEs a tiny row
-  of the heartbeat table, also bound on the channel) and expects that change back through the feed
-  within ``probe_timeout``. If it does not come back, the whole client is torn down and a fresh one
-  subscribes with a fresh channel and its bindings; ``probe_failures`` (an alert metric) counts it
-  and ``on_gap("supabase", "probe timeout")`` is called at once, as changes may have been lost;
-- a gap signal after every (re)subscribe, whether by this source or by the client's own reconnect.
-  With a probe it is sent once the first heartbeat came back through the new subscription, i.e.
-  once changes demonstrably flow again: a conservative invalidation sent at ``SUBSCRIBED`` would
-  precede the changes lost in the #525 window and leave stale entries behind. Without a probe it is
-  sent at ``SUBSCRIBED`` (best effort: such a source cannot notice a dead feed at all);
-- payloads that cannot become a ``ChangeEvent`` go to ``on_dead_letter`` (counted in ``malformed``)
-  and, because the change they stood for is lost, are followed by a gap signal too.
+- a (re)subscribe, signalled once the first heartbeat came back through it (changes flow again);
+- a channel error, a timed-out join or a server-side close, signalled at once (and once per
+  failure, not per rejoin); a closed channel is replaced by a fresh client;
+- a probe that timed out (alert: ``probe_failures``): the client is torn down and replaced; while
+  the feed stays dead this repeats every ``probe_timeout``, which bounds how stale a value can get;
+- a heartbeat overtaken by a later one (changes skipped by the server);
+- a change that cannot be read (dead letter) or cannot be planned by the rules (``unplannable``):
+  it is parked as a dead letter, and the change it stood for is lost, so it is a gap too;
+- a change the client rejected (read from the client's log record, since it never reaches us).
 
-Heartbeat-table changes are consumed by the probe and never yielded. ``confirm()`` is a no-op:
-nothing can be replayed, so there is nothing to acknowledge. Frames the ``realtime`` client itself
-cannot parse are dropped by the client (it logs them) and never reach this source.
+Gaps raised by single changes are coalesced: a burst of them costs at most two invalidations.
+Heartbeat changes are consumed by the probe and never yielded. ``confirm()`` is a no-op.
 """
 
 from __future__ import annotations
@@ -36,13 +44,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Final
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 from realtime import (
     AsyncRealtimeChannel,
     AsyncRealtimeClient,
@@ -50,25 +57,38 @@ from realtime import (
     RealtimeSubscribeStates,
 )
 
+from tasks.supabase_api import realtime_url, split_table
+from tasks.support import Backoff, mask_secrets
 from worker.events import ChangeEvent
 from worker.sources.base import DeadLetterHandler, GapHandler
-
-if TYPE_CHECKING:
-    from worker.settings import ListenerSettings
+from worker.sources.realtime_client import RejectedFrames, cancel_and_wait, discard_pending
+from worker.sources.realtime_losses import LossReporter
+from worker.sources.realtime_payload import (
+    SOURCE_NAME,
+    change_event_from_payload,
+    describe_error,
+    qualified_table,
+)
+from worker.sources.realtime_probe import Probe
+from worker.sources.supabase_heartbeat import Heartbeat
 
 logger = logging.getLogger(__name__)
 
-HeartbeatToucher = Callable[[], Awaitable[None]]
+# Called with an event the source is about to yield; returns why the rules cannot plan it, or None.
+PlanCheck = Callable[[ChangeEvent], str | None]
 
-SOURCE_NAME: Final = "supabase"
 REASON_SUBSCRIBED: Final = "subscribed"
 REASON_RECONNECTED: Final = "reconnected"
 REASON_PROBE_TIMEOUT: Final = "probe timeout"
 REASON_AFTER_PROBE: Final = "resubscribed after probe timeout"
+REASON_AFTER_CLOSE: Final = "resubscribed after the server closed the channel"
+REASON_CHANNEL_ERROR: Final = "channel error"
+REASON_CHANNEL_CLOSED: Final = "channel closed by the server"
 REASON_DEAD_LETTER: Final = "undeliverable change"
+REASON_UNPLANNABLE: Final = "change the rules cannot plan"
+REASON_REJECTED: Final = "change rejected by the realtime client"
 REASON_OVERFLOW: Final = "event queue overflow"
 MAX_BACKOFF_S: Final = 30.0
-MAX_REASON_CHARS: Final = 500
 
 
 class _Stop:
@@ -78,81 +98,13 @@ class _Stop:
         self.error = error
 
 
-def realtime_url(url: str) -> str:
-    """The realtime endpoint for a Supabase project URL, derived as supabase-py does.
-
-    ``https://<ref>.supabase.co`` -> ``wss://<ref>.supabase.co/realtime/v1`` (``http`` -> ``ws``);
-    a ``ws``/``wss`` URL is taken as the realtime endpoint itself (without ``/websocket``, which the
-    client appends).
-    """
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme in ("ws", "wss"):
-        path = parts.path.rstrip("/").removesuffix("/websocket")
-        return urlunsplit((scheme, parts.netloc, path, "", ""))
-    if scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError("expected a Supabase project URL (https://...) or a realtime URL (wss://...)")
-    path = parts.path.rstrip("/")
-    if not path.endswith("/realtime/v1"):
-        path += "/realtime/v1"
-    return urlunsplit(("wss" if scheme == "https" else "ws", parts.netloc, path, "", ""))
-
-
-def _row(data: Mapping[str, Any], wire_name: str, js_name: str) -> dict[str, Any] | None:
-    """A record of the change: the server's wire name, else realtime-js's; absent or empty -> None."""
-    value = data.get(wire_name, data.get(js_name))
-    if value is None or value == {}:
-        return None
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{wire_name} is not an object")
-    return dict(value)
-
-
-def change_event_from_payload(payload: Mapping[str, Any]) -> ChangeEvent:
-    """Turn a ``postgres_changes`` payload (``{"ids", "data"}``) into a ``ChangeEvent``.
-
-    Raises ``ValueError`` (pydantic's ``ValidationError`` included) for anything that cannot be one:
-    better a dead letter than an event that invalidates the wrong keys.
-    """
-    data = payload.get("data")
-    if not isinstance(data, Mapping):
-        raise ValueError("payload has no data object")
-    if data.get("errors"):
-        raise ValueError(f"server reported errors: {data['errors']}")
-    kind = data.get("type", data.get("eventType"))
-    kind = getattr(kind, "value", kind)  # the client hands over its own enum
-    stamp = data.get("commit_timestamp")
-    if not isinstance(stamp, str) or not stamp:
-        raise ValueError("commit_timestamp missing")
-    record, old_record = _row(data, "record", "new"), _row(data, "old_record", "old")
-    if kind in ("INSERT", "UPDATE") and record is None:
-        raise ValueError(f"{kind} without record")
-    if kind == "DELETE" and old_record is None:
-        raise ValueError("DELETE without old_record")
-    fields = {"schema": data.get("schema"), "table": data.get("table"), "type": kind, "commit_timestamp": stamp}
-    rows = {"record": record, "old_record": old_record}
-    return ChangeEvent.model_validate({**fields, **rows, "source": SOURCE_NAME, "position": stamp})
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short reason for a dead letter: what was wrong, never the offending values themselves."""
-    if isinstance(exc, ValidationError):
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors())
-        text = f"invalid change: {problems}"
-    else:
-        text = f"invalid change: {exc}"
-    return text[:MAX_REASON_CHARS]
-
-
 class SupabaseRealtimeSource:
-    """``ChangeSource`` over Supabase Realtime. Not durable; see the module docstring for why it probes.
+    """``ChangeSource`` over Supabase Realtime. Not durable; see the module docstring.
 
-    ``url`` is the Supabase project URL or the realtime URL; ``key`` the API key (sent as ``apikey``
-    and as the channel's access token, never logged). ``tables`` are watched in ``schema`` with one
-    ``postgres_changes`` binding (event ``*``) each; ``heartbeat_table`` is bound too when
-    ``touch_heartbeat`` is given. Counters: ``received`` (payloads the feed delivered, heartbeats
-    included), ``heartbeats``, ``malformed``, ``resubscribes`` (every ``SUBSCRIBED`` after the first),
-    ``probe_failures``, ``probe_errors`` (failed touches), ``gaps``, ``dropped`` (queue overflow).
+    ``url`` is the project URL (or its realtime URL); ``key`` the API key (sent as ``apikey`` and as
+    the channel's access token, never logged). ``tables`` are qualified (``schema.table``), one
+    ``postgres_changes`` binding each; the heartbeat's table is bound too when ``heartbeat`` is
+    given. ``plan_check`` lets the source treat a change the rules cannot plan as lost (a gap).
     """
 
     name: str = SOURCE_NAME
@@ -166,87 +118,61 @@ class SupabaseRealtimeSource:
         *,
         on_gap: GapHandler,
         on_dead_letter: DeadLetterHandler,
-        schema: str = "public",
-        touch_heartbeat: HeartbeatToucher | None = None,
-        heartbeat_table: str = "shared_cache_heartbeat",
+        heartbeat: Heartbeat | None = None,
+        plan_check: PlanCheck | None = None,
         probe_interval: float = 5.0,
         probe_timeout: float = 10.0,
-        topic: str = "shared_cache",
         join_timeout: int = 10,
         client_heartbeat_s: int = 25,
         reconnect_backoff: float = 1.0,
         max_pending: int = 10_000,
     ) -> None:
-        self.tables: tuple[str, ...] = tuple(dict.fromkeys(tables))
+        self.tables: tuple[str, ...] = tuple(dict.fromkeys(".".join(split_table(t)) for t in tables))
         if not self.tables:
             raise ValueError("no tables to watch")
-        if heartbeat_table in self.tables:
-            raise ValueError("the heartbeat table cannot be watched: its changes belong to the probe")
-        if probe_interval <= 0 or probe_timeout <= 0:
-            raise ValueError("probe_interval and probe_timeout must be positive")
+        if heartbeat is not None and heartbeat.table in self.tables:
+            raise ValueError(f"the heartbeat table {heartbeat.table} cannot be watched: its changes are the probe's")
         self._url = realtime_url(url)
         self._key = key.get_secret_value() if isinstance(key, SecretStr) else key
-        self._on_gap, self._on_dead_letter = on_gap, on_dead_letter
-        self._schema, self._topic, self._heartbeat_table = schema, topic, heartbeat_table
-        self._touch = touch_heartbeat
-        self._probe_interval, self._probe_timeout = probe_interval, probe_timeout
-        # while a probe is unanswered, touch again sooner: a touch committed before the feed really
-        # flows (the #525 window) is lost, and a later one must get its chance within the timeout
-        self._retouch = min(probe_interval, probe_timeout / 2)
-        self._join_timeout, self._backoff, self._max_pending = join_timeout, reconnect_backoff, max_pending
-        self._client_heartbeat_s = client_heartbeat_s
-        self._bound_tables = self.tables + ((heartbeat_table,) if touch_heartbeat else ())
-        if touch_heartbeat is None:
+        self._losses = LossReporter(SOURCE_NAME, on_gap, on_dead_letter)
+        self._plan_check = plan_check
+        self._heartbeat = heartbeat
+        self._probe = Probe(probe_interval, probe_timeout) if heartbeat is not None else None
+        self.probe_id = uuid.uuid4().hex
+        self._topic = f"shared_cache_{self.probe_id[:12]}"  # one channel per source, never shared
+        self._join_timeout, self._max_pending = join_timeout, max_pending
+        self._backoff_s, self._client_heartbeat_s = reconnect_backoff, client_heartbeat_s
+        self._bound = self.tables + ((heartbeat.table,) if heartbeat is not None else ())
+        if heartbeat is None:
             logger.warning("realtime source without a heartbeat probe: a silent feed goes unnoticed")
 
-        self.received = self.heartbeats = self.malformed = self.resubscribes = 0
-        self.probe_failures = self.probe_errors = self.gaps = self.dropped = 0
+        self.received = self.heartbeats = self.malformed = self.unplannable = self.rejected = 0
+        self.subscriptions = self.resubscribes = self.probe_failures = self.probe_errors = 0
+        self.channel_errors = self.channel_closes = self.heartbeats_lost = self.dropped = 0
 
         self._queue: asyncio.Queue[ChangeEvent | _Stop] = asyncio.Queue()
-        self._subscribed = asyncio.Event()  # a SUBSCRIBED arrived that the supervisor has not handled
-        self._echo = asyncio.Event()  # a heartbeat change came through the current subscription
-        self._wake = asyncio.Event()  # either of the above, to wake the supervisor
-        self._generation = 0  # callbacks of torn-down subscriptions carry an older one and are ignored
+        self._signals: list[tuple[str, Any]] = []  # from the client's callbacks, for the supervisor
+        self._wake = asyncio.Event()
+        self._generation = 0  # callbacks of torn-down clients carry an older one and are ignored
         self._subscribes_in_generation = 0
-        self._subscribed_ever = False
-        self._overflowing = False
         self._client: AsyncRealtimeClient | None = None
         self._channel: AsyncRealtimeChannel | None = None
+        self._rejected_frames: RejectedFrames | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._handler_tasks: set[asyncio.Task[None]] = set()
         self._iterating = False
         self._closed = False
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: ListenerSettings,
-        tables: Iterable[str],
-        *,
-        on_gap: GapHandler,
-        on_dead_letter: DeadLetterHandler,
-        touch_heartbeat: HeartbeatToucher | None = None,
-    ) -> SupabaseRealtimeSource:
-        """The source as ``ListenerSettings`` describe it (``SHARED_CACHE_WORKER_SUPABASE_*``...)."""
-        return cls(
-            settings.supabase_url,
-            settings.supabase_key,
-            tables,
-            on_gap=on_gap,
-            on_dead_letter=on_dead_letter,
-            touch_heartbeat=touch_heartbeat,
-            heartbeat_table=settings.realtime_heartbeat_table,
-            probe_interval=settings.realtime_probe_interval_s,
-            probe_timeout=settings.realtime_probe_timeout_s,
-        )
 
     def __repr__(self) -> str:
         return f"SupabaseRealtimeSource(url={self._url!r}, tables={self.tables!r})"
 
     # -- ChangeSource ------------------------------------------------------------------------------
 
+    async def prepare(self) -> None:
+        """Start subscribing (``events()`` would do it on first use)."""
+        self.start()
+
     def start(self) -> None:
-        """Start subscribing (``events()`` does it on first use); idempotent. Needs a running loop."""
+        """Start subscribing; idempotent. Needs a running loop."""
         if self._closed:
             raise RuntimeError("source is closed")
         if self._runner is None:
@@ -273,64 +199,85 @@ class SupabaseRealtimeSource:
     async def confirm(self, position: str) -> None:
         """Nothing to do: the feed cannot replay, so there is no position to acknowledge."""
 
+    async def lag_bytes(self) -> int | None:
+        """No replication slot of ours: nothing lags behind."""
+        return None
+
+    @property
+    def gaps(self) -> int:
+        return self._losses.gaps
+
+    def counters(self) -> Mapping[str, int]:
+        names = (
+            "received heartbeats malformed unplannable rejected subscriptions resubscribes probe_failures "
+            "probe_errors channel_errors channel_closes heartbeats_lost gaps dropped"
+        )
+        return {name: int(getattr(self, name)) for name in names.split()}
+
     async def close(self) -> None:
-        """Stop the supervisor, leave the channel, close the socket, let pending handlers finish."""
+        """Stop the supervisor, leave the channel, close the socket, delete the heartbeat row, let
+        pending handlers finish."""
         if self._closed:
             return
         self._closed = True
         runner, self._runner = self._runner, None
         if runner is not None:
-            await _cancel_and_wait(runner)
+            await cancel_and_wait(runner)
         await self._teardown()
-        await self._drain_handlers()
+        if self._heartbeat is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5.0):
+                    await self._heartbeat.forget(self.probe_id)
+        await self._losses.drain()
         self._queue.put_nowait(_Stop())
 
     # -- supervisor --------------------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        """Subscribe, watch, and replace the subscription whenever the probe says it is dead."""
-        reason, attempt = REASON_SUBSCRIBED, 0
+        """Subscribe, watch, and replace the client whenever the feed is shown to be dead."""
+        reason, backoff = REASON_SUBSCRIBED, Backoff(first=self._backoff_s, cap=MAX_BACKOFF_S)
         while True:
             try:
                 await self._open()
             except Exception as exc:  # connection refused, handshake rejected, timeout...
-                attempt += 1
-                delay = min(self._backoff * 2 ** (attempt - 1), MAX_BACKOFF_S)
-                logger.warning(
-                    "realtime subscribe failed (attempt %d, retry in %.1fs): %s", attempt, delay, self._safe(exc)
-                )
+                delay = backoff.next()
+                logger.warning("realtime subscribe failed (retry in %.1fs): %s", delay, self._safe(exc))
                 await self._teardown()
                 await asyncio.sleep(delay)
                 continue
-            attempt = 0
             reason = await self._watch(reason)
             await self._teardown()
+            if self._losses.troubled and reason == REASON_AFTER_CLOSE:
+                await asyncio.sleep(backoff.next())  # a server that closes every channel: no hot loop
+            elif not self._losses.troubled:
+                backoff.reset()
 
     async def _open(self) -> None:
         """A fresh client and channel with every binding, subscribed (the join reply awaited)."""
         self._generation += 1
         generation = self._generation
         self._subscribes_in_generation = 0
-        self._subscribed.clear()
-        self._echo.clear()
+        self._signals.clear()
         client = AsyncRealtimeClient(
             self._url,
             token=self._key or None,
             auto_reconnect=True,
             hb_interval=self._client_heartbeat_s,
             max_retries=5,
-            initial_backoff=self._backoff,
+            initial_backoff=self._backoff_s,
             timeout=self._join_timeout,
         )
         self._client = client
+        self._rejected_frames = RejectedFrames(f"realtime:{self._topic}", partial(self._on_rejected, generation))
         channel = client.channel(self._topic)
         self._channel = channel
-        for table in self._bound_tables:
+        for qualified in self._bound:
+            schema, table = split_table(qualified)
             channel.on_postgres_changes(
                 RealtimePostgresChangesListenEvent.All,
                 callback=partial(self._on_change, generation),
                 table=table,
-                schema=self._schema,
+                schema=schema,
             )
         await channel.subscribe(partial(self._on_status, generation))
 
@@ -339,6 +286,9 @@ class SupabaseRealtimeSource:
         client, channel = self._client, self._channel
         self._client = self._channel = None
         self._generation += 1
+        if self._rejected_frames is not None:
+            self._rejected_frames.detach()
+            self._rejected_frames = None
         if client is None:
             return
         try:
@@ -350,163 +300,153 @@ class SupabaseRealtimeSource:
             with contextlib.suppress(Exception):
                 await client.close()
             if channel is not None:
-                _discard_pending(channel)
+                discard_pending(channel)
 
     async def _watch(self, reason: str) -> str:
-        """Watch the current subscription until it must be replaced; return the next gap reason."""
-        if self._touch is None:
-            await self._watch_without_probe(reason)
-        return await self._watch_with_probe(reason)
-
-    async def _watch_without_probe(self, reason: str) -> NoReturn:
-        """No way to tell a dead feed: signal a gap on each ``SUBSCRIBED`` and trust the client."""
-        while True:
-            await self._subscribed.wait()
-            self._subscribed.clear()
-            await self._gap(reason if self._subscribes_in_generation <= 1 else REASON_RECONNECTED)
-
-    async def _watch_with_probe(self, reason: str) -> str:
-        """The probe loop; see the module docstring. Returns when a probe went unanswered."""
+        """Watch the current client until it must be replaced; return the reason of the next gap."""
         loop = asyncio.get_running_loop()
-        gap_reason: str | None = None  # set while a (re)subscription awaits its first echo
-        pending_since: float | None = None  # oldest touch no echo has answered yet
-        last_touch, next_touch = -math.inf, loop.time()
+        if self._probe is not None:
+            self._probe.restart(loop.time())
         while True:
             self._wake.clear()
-            now = loop.time()
-            if self._subscribed.is_set():
-                self._subscribed.clear()
-                gap_reason = reason if self._subscribes_in_generation <= 1 else REASON_RECONNECTED
-                pending_since, next_touch = None, now  # give the new subscription a full timeout
-            if self._echo.is_set():
-                self._echo.clear()
-                pending_since, next_touch = None, max(now, last_touch + self._probe_interval)
-                if gap_reason is not None:
-                    await self._gap(gap_reason)
-                    gap_reason = None
-            if pending_since is not None and now - pending_since >= self._probe_timeout:
+            signals, self._signals = self._signals, []
+            for kind, value in signals:
+                replace = await self._handle_signal(kind, value, reason)
+                if replace is not None:
+                    return replace
+            if self._probe is None:
+                await self._wake.wait()
+                continue
+            if self._probe.overdue(loop.time()):
                 return await self._probe_failed()
-            if now >= next_touch:
+            if self._probe.wants_touch(loop.time()):
                 await self._touch_heartbeat()
-                pending_since = now if pending_since is None else pending_since
-                last_touch, next_touch = now, now + self._retouch
-            deadline = next_touch if pending_since is None else min(next_touch, pending_since + self._probe_timeout)
+                continue  # signals may have arrived while touching
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(self._probe.deadline()):
                     await self._wake.wait()
 
+    async def _handle_signal(self, kind: str, value: Any, reason: str) -> str | None:
+        """One signal of the client; returns a gap reason when the client must be replaced."""
+        now = asyncio.get_running_loop().time()
+        if kind == "subscribed":
+            self._subscribes_in_generation += 1
+            subscribe_reason = reason if self._subscribes_in_generation == 1 else REASON_RECONNECTED
+            if self._probe is None:
+                await self._losses.gap(subscribe_reason)
+            else:
+                self._probe.subscribed(subscribe_reason, now)
+        elif kind == "echo" and self._probe is not None:
+            echo = self._probe.echo(int(value), now)
+            self._losses.flowing()
+            self.heartbeats_lost += echo.lost
+            if echo.gap is not None:
+                await self._losses.gap(echo.gap)
+        elif kind == "error":
+            if self._probe is not None:
+                self._probe.troubled(now)
+            await self._losses.gap_once(f"{REASON_CHANNEL_ERROR}: {value}")
+        elif kind == "closed":
+            await self._losses.gap_once(f"{REASON_CHANNEL_CLOSED}: {value}")
+            self._losses.troubled = True
+            return REASON_AFTER_CLOSE
+        return None
+
     async def _touch_heartbeat(self) -> None:
-        """Touch the heartbeat row. A failed touch still counts as a probe: an unverifiable feed is
-        treated as a dead one (alert + conservative gap) rather than trusted."""
-        assert self._touch is not None
+        assert self._heartbeat is not None and self._probe is not None
+        beat, ok = self._probe.next_beat(), False
         try:
-            async with asyncio.timeout(self._probe_timeout):
-                await self._touch()
+            async with asyncio.timeout(self._probe.timeout):
+                await self._heartbeat.touch(self.probe_id, beat)
+            ok = True
         except Exception as exc:
             self.probe_errors += 1
             logger.warning("realtime heartbeat touch failed: %s", self._safe(exc))
+        self._probe.touched(beat, asyncio.get_running_loop().time(), ok)
 
     async def _probe_failed(self) -> str:
+        assert self._probe is not None
         self.probe_failures += 1
+        self._losses.troubled = True
         logger.error(
             "realtime feed silent: no heartbeat change within %.1fs; resubscribing (probe failure #%d)",
-            self._probe_timeout,
+            self._probe.timeout,
             self.probe_failures,
         )
-        await self._gap(REASON_PROBE_TIMEOUT)
+        await self._losses.gap(REASON_PROBE_TIMEOUT)
         return REASON_AFTER_PROBE
 
     # -- client callbacks (synchronous, run in the client's listener task) -------------------------
 
+    def _signal(self, kind: str, value: Any = None) -> None:
+        self._signals.append((kind, value))
+        self._wake.set()
+
     def _on_status(self, generation: int, status: RealtimeSubscribeStates, error: Exception | None) -> None:
         if generation != self._generation:
             return
-        if status != RealtimeSubscribeStates.SUBSCRIBED:
-            logger.warning("realtime channel %s: %s (%s)", self._topic, status.value, self._safe(error))
+        if status == RealtimeSubscribeStates.SUBSCRIBED:
+            self.subscriptions += 1
+            if self.subscriptions > 1:
+                self.resubscribes += 1
+            self._signal("subscribed")
             return
-        self._echo.clear()  # an echo from before this (re)join proves nothing about it
-        self._subscribes_in_generation += 1
-        if self._subscribed_ever:
-            self.resubscribes += 1
-        self._subscribed_ever = True
-        self._subscribed.set()
-        self._wake.set()
+        detail = self._safe(error) if error is not None else status.value
+        if status == RealtimeSubscribeStates.CLOSED:
+            self.channel_closes += 1
+            logger.error("realtime channel closed by the server: %s", detail)
+            self._signal("closed", detail)
+        else:  # CHANNEL_ERROR (a system error, phx_error, a dropped socket) or TIMED_OUT (the join)
+            self.channel_errors += 1
+            logger.error("realtime channel %s: %s", status.value, detail)
+            self._signal("error", f"{status.value} {detail}"[:300])
 
     def _on_change(self, generation: int, payload: Mapping[str, Any]) -> None:
         if generation != self._generation:
             return
         self.received += 1
-        if self._is_heartbeat(payload):
-            self.heartbeats += 1
-            self._echo.set()
-            self._wake.set()
+        if self._heartbeat is not None and qualified_table(payload) == self._heartbeat.table:
+            self._on_heartbeat(payload)
             return
         try:
             event = change_event_from_payload(payload)
-        except (ValueError, TypeError) as exc:
-            self._dead_letter(payload, describe_error(exc))
+        except Exception as exc:  # whatever the payload, it must not break the client's listener task
+            self.malformed += 1
+            self._dead_letter(payload, describe_error(exc), REASON_DEAD_LETTER)
+            return
+        problem = self._plan_check(event) if self._plan_check is not None else None
+        if problem is not None:
+            self.unplannable += 1
+            self._dead_letter(payload, f"cannot be planned: {problem}", REASON_UNPLANNABLE)
             return
         self._enqueue(event)
 
-    def _is_heartbeat(self, payload: Mapping[str, Any]) -> bool:
+    def _on_heartbeat(self, payload: Mapping[str, Any]) -> None:
+        self.heartbeats += 1
         data = payload.get("data")
-        return isinstance(data, Mapping) and (data.get("schema"), data.get("table")) == (
-            self._schema,
-            self._heartbeat_table,
-        )
+        record = data.get("record") if isinstance(data, Mapping) else None
+        if not isinstance(record, Mapping) or record.get("id") != self.probe_id:
+            return  # another listener's row, or its deletion
+        beat = record.get("beat")
+        if isinstance(beat, int) and not isinstance(beat, bool):
+            self._signal("echo", beat)
+
+    def _on_rejected(self, generation: int, raw: str, errors: str) -> None:
+        if generation != self._generation:
+            return
+        self.rejected += 1
+        self._losses.dead_letter(raw, f"rejected by the realtime client: {errors}", REASON_REJECTED)
 
     def _enqueue(self, event: ChangeEvent) -> None:
         """Hand the event to ``events()``; a full queue loses it, which is a gap like any other."""
         if self._queue.qsize() >= self._max_pending:
             self.dropped += 1
-            if not self._overflowing:
-                self._overflowing = True
-                self._spawn(self._overflow_gap())
+            self._losses.spawn(self._losses.coalesced_gap(REASON_OVERFLOW))
             return
         self._queue.put_nowait(event)
 
-    def _dead_letter(self, payload: Mapping[str, Any], reason: str) -> None:
-        self.malformed += 1
-        logger.warning("realtime payload dead-lettered: %s", reason)
-        raw = json.dumps(payload, default=str, sort_keys=True)
-        self._spawn(self._deliver_dead_letter(raw, reason))
-
-    # -- handlers ----------------------------------------------------------------------------------
-
-    async def _deliver_dead_letter(self, raw: str, reason: str) -> None:
-        try:
-            await self._on_dead_letter(SOURCE_NAME, raw, reason)
-        except Exception:
-            logger.exception("dead-letter handler failed")
-        await self._gap(REASON_DEAD_LETTER)
-
-    async def _overflow_gap(self) -> None:
-        self._overflowing = False
-        await self._gap(REASON_OVERFLOW)
-
-    async def _gap(self, reason: str) -> None:
-        """Tell the listener events may have been lost; a failing handler must not stop the source."""
-        self.gaps += 1
-        logger.info("realtime gap: %s", reason)
-        try:
-            await self._on_gap(SOURCE_NAME, reason)
-        except Exception:
-            logger.exception("gap handler failed")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._handler_tasks.add(task)
-        task.add_done_callback(self._handler_tasks.discard)
-
-    async def _drain_handlers(self, grace: float = 2.0) -> None:
-        """Give dead-letter/gap handlers in flight a moment to finish, then cancel the rest."""
-        tasks = set(self._handler_tasks)
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+    def _dead_letter(self, payload: Mapping[str, Any], reason: str, gap: str) -> None:
+        self._losses.dead_letter(json.dumps(payload, default=str, sort_keys=True), reason, gap)
 
     def _runner_done(self, task: asyncio.Task[None]) -> None:
         """A supervisor that died of a bug must not leave ``events()`` waiting forever in silence."""
@@ -518,23 +458,6 @@ class SupabaseRealtimeSource:
     def _safe(self, value: object) -> str:
         """Text for a log line with the key masked (exceptions can quote the socket URL)."""
         text = str(value)
-        return text.replace(self._key, "***") if self._key else text
-
-
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel a task and wait until it is really done. Re-cancels: Python 3.11's ``asyncio.wait_for``
-    (used inside the realtime client and psycopg) can swallow a cancellation that races with its
-    result, and a single ``cancel()`` then leaves ``close()`` waiting forever."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
-
-
-def _discard_pending(channel: AsyncRealtimeChannel) -> None:
-    """Cancel the timers of a dropped channel's unanswered pushes (join, leave) and its rejoin timer,
-    so a torn-down client leaves no task behind."""
-    channel.rejoin_timer.reset()
-    channel.join_push.destroy()
-    for push in list(channel.messages_waiting_for_ack.values()):
-        push.destroy()
-    channel.messages_waiting_for_ack.clear()
+        if isinstance(value, BaseException) and not text:
+            text = type(value).__name__  # a timeout says nothing by itself
+        return mask_secrets(text, [self._key])
