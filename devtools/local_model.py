@@ -167,9 +167,15 @@ def _install(python: str, requirements: list[str], extra: list[str], say: Callab
 
 
 def _pip_error(output: str) -> str:
-    errors = [line.strip() for line in output.splitlines() if line.startswith("ERROR:")]
-    text = errors[-1] if errors else (output.strip().splitlines() or ["pip failed with no output"])[-1]
-    return text.removeprefix("ERROR: ")
+    """pip's own error lines (without its generic pointer to the resolver docs), in one line."""
+    errors = [
+        line.strip().removeprefix("ERROR: ")
+        for line in output.splitlines()
+        if line.startswith("ERROR:") and "ResolutionImpossible" not in line
+    ]
+    if errors:
+        return "; ".join(dict.fromkeys(errors))
+    return (output.strip().splitlines() or ["pip failed with no output"])[-1]
 
 
 def _cuda(planned: list[Planned]) -> bool:
