@@ -41,14 +41,19 @@ def document_reader(
     dsn: str,
     prefix: str,
     docs: int,
-    until: float,
+    clock: tuple[Any, Any, Any],
     seed: int,
     counters: Any,
     subscriber: bool = True,
     check_every: int = 10,
     bound_ms: float = 1000.0,
 ) -> None:
-    asyncio.run(_read_documents(redis_url, dsn, prefix, docs, until, seed, counters, subscriber, check_every, bound_ms))
+    """Cache-aside reads of hot documents, one in ``check_every`` checked for staleness.
+
+    ``clock`` is (``ready``, ``go``, ``until``): set ``ready`` once connected, start when ``go`` is
+    set, stop at ``until.value`` (seconds since the epoch).
+    """
+    asyncio.run(_read_documents(redis_url, dsn, prefix, docs, clock, seed, counters, subscriber, check_every, bound_ms))
 
 
 async def _read_documents(
@@ -56,7 +61,7 @@ async def _read_documents(
     dsn: str,
     prefix: str,
     docs: int,
-    until: float,
+    clock: tuple[Any, Any, Any],
     seed: int,
     counters: Any,
     subscriber: bool,
@@ -67,9 +72,11 @@ async def _read_documents(
 
     from shared_cache import CacheManager, get_with_cache_aside
 
+    ready, go, until = clock
     manager = CacheManager.configure(
         redis_url=redis_url, key_prefix=prefix, subscriber_enabled=subscriber, stats_publish_seconds=0
     )
+    await manager.start()
     db = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     rng = random.Random(seed)
 
@@ -80,10 +87,12 @@ async def _read_documents(
         row = await cursor.fetchone()
         return None if row is None else {"title": row[0], "version": row[1]}
 
+    ready.set()
+    await asyncio.to_thread(go.wait)
     reads = 0
     published = time.monotonic()
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        while time.time() < until:
+        while time.time() < until.value:
             tenant = rng.choice(TENANTS)
             doc = hot_document(rng, tenant, docs)
             reads += 1
@@ -118,34 +127,35 @@ def query_service(
     dsn: str,
     prefix: str,
     model_name: str,
-    until: Any,
+    clock: tuple[Any, Any, Any],
     counters: Any,
-    ready: Any,
-    go: Any,
     env: dict[str, str],
 ) -> None:
     """An ingestion/query service: embeds the most recently written chunks, through the cache.
 
-    It loads the model, sets ``ready``, and starts when ``go`` is set; it stops at ``until.value``.
+    ``clock`` as for ``document_reader``: ``ready`` is set once the model is loaded.
     """
     os.environ.update(env)  # thread counts and quiet loading, read when torch is first imported
-    asyncio.run(_embed_recent(redis_url, dsn, prefix, model_name, until, counters, ready, go))
+    os.nice(10)  # the model's CPU time must not delay the invalidation path on a small machine
+    asyncio.run(_embed_recent(redis_url, dsn, prefix, model_name, clock, counters))
 
 
 async def _embed_recent(
-    redis_url: str, dsn: str, prefix: str, model_name: str, until: Any, counters: Any, ready: Any, go: Any
+    redis_url: str, dsn: str, prefix: str, model_name: str, clock: tuple[Any, Any, Any], counters: Any
 ) -> None:
     import psycopg
 
     from shared_cache import CacheManager, get_embeddings_batch_with_cache
     from tasks.providers import LocalSentenceTransformerProvider
 
+    ready, go, until = clock
     provider = LocalSentenceTransformerProvider(model_name)
     await asyncio.to_thread(provider.load)  # seconds: before the clock of the workload starts
+    manager = CacheManager.configure(redis_url=redis_url, key_prefix=prefix, stats_publish_seconds=0)
+    await manager.start()
+    db = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     ready.set()
     await asyncio.to_thread(go.wait)
-    manager = CacheManager.configure(redis_url=redis_url, key_prefix=prefix, stats_publish_seconds=0)
-    db = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         while time.time() < until.value:
             cursor = await db.execute(RECENT_CHUNKS, (24,))

@@ -1,6 +1,7 @@
-"""Loaded into the demo's warming Celery worker (``celery ... -I devtools.warming_report``): loads the
-embedding model as soon as a worker process starts, and after every warming task leaves a report of
-what warming did in Redis, where ``./run``'s status line reads it.
+"""Loaded into the demo's warming Celery worker (``celery ... -I devtools.warming_report``): lowers the
+CPU priority of its processes (nice 10), loads the embedding model as soon as one starts, and after
+every warming task leaves a report of what warming did in Redis, where ``./run``'s status line
+reads it.
 
 The report sits under the library's stats key of the process (``Keyspace.stats``), with
 ``"role": "warming"`` and a ``warming`` section: tasks done, texts asked for, texts embedded
@@ -43,6 +44,8 @@ def _is_warming(task: Any) -> bool:
 
 @worker_process_init.connect
 def _preload(**_: Any) -> None:
+    # Warming is bulk work: on a small machine it must not take the CPU from the invalidation path.
+    os.nice(10)
     # On a thread: a process that takes longer than a few seconds to initialise is restarted by
     # Celery, and loading the model takes longer than that on a busy machine.
     threading.Thread(target=_load_model, name="preload-model", daemon=True).start()
