@@ -21,6 +21,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from devtools.embedded import EmbeddedPostgres, free_port
 from shared_cache import (
@@ -110,17 +111,32 @@ async def library_exposition(manager: CacheManager) -> str:
     manager.memory.clear()  # type: ignore[union-attr]
     await get_with_cache_aside("document", "d1", "acme", fetch)  # Redis
     await get_with_cache_aside("document", "d1", "acme", fetch)  # memory
-    manager.memory.clear()  # type: ignore[union-attr]
-
-    def broken(cached: Any) -> Any:
-        raise ValueError("a deserializer that fails")
-
-    await get_with_cache_aside("document", "d1", "acme", fetch, deserializer=broken)  # an error absorbed
     await get_embeddings_batch_with_cache(["a", "b"], "acme", "m", lambda texts: [[0.1, 0.2] for _ in texts])
     other = CacheManager(manager.settings.model_copy(update={"memory_enabled": False}))
     await other.invalidate("acme", "document", "d1")
     await wait_until(lambda: manager.subscriber is not None and manager.subscriber.evicted >= 1)
     await other.close()
+    return generate_latest(registry).decode()
+
+
+async def unreachable_redis_exposition(manager: CacheManager) -> str:
+    """A process whose Redis is down still reads (from the database) and counts the errors."""
+    dead = CacheManager(
+        manager.settings.model_copy(update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")})
+    )
+    registry = CollectorRegistry()
+    registry.register(CacheCollector(dead))
+
+    async def fetch(resource_id: str, tenant_id: str, ctx: Any) -> dict[str, str]:
+        return {"id": resource_id}
+
+    CacheManager._instance = dead  # get_with_cache_aside reads through the singleton
+    try:
+        value, _ = await get_with_cache_aside("document", "d9", "acme", fetch)
+    finally:
+        CacheManager._instance = manager
+        await dead.close()
+    assert value == {"id": "d9"}
     return generate_latest(registry).decode()
 
 
@@ -156,8 +172,9 @@ async def test_every_dashboard_query_names_exported_metrics_and_labels(
     manager: CacheManager, redis_url: str, pg: EmbeddedPostgres
 ) -> None:
     metrics = exported(await library_exposition(manager))
-    for name, labels in exported(await listener_exposition(manager, redis_url, pg.dsn)).items():
-        metrics.setdefault(name, set()).update(labels)
+    for text in (await unreachable_redis_exposition(manager), await listener_exposition(manager, redis_url, pg.dsn)):
+        for name, labels in exported(text).items():
+            metrics.setdefault(name, set()).update(labels)
     assert "shared_cache_latency_ms_bucket" in metrics and "shared_cache_worker_slot_lag_bytes" in metrics
 
     dashboard = json.loads(DASHBOARD.read_text())
