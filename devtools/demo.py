@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -249,7 +250,9 @@ class Demo:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
             lines = status.lines(status.collect())
-            if tty:
+            if tty:  # redrawn in place: each line cut to the terminal's width, so none wraps
+                width = shutil.get_terminal_size().columns - 1
+                lines = [line[:width] for line in lines]
                 up = f"\x1b[{shown}A" if shown else ""
                 print(up + "".join(f"\r\x1b[2K{line}\n" for line in lines), end="", flush=True)
                 shown = len(lines)

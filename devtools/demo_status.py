@@ -117,15 +117,16 @@ class Status:
             f"      changes {s['changes']:,} | invalidations {s['invalidations']:,} | evictions {s['evictions']:,}"
             f" | commit->evict p50/p99 {latency}"
         )
+        lines = [first, second]
         warming = s["warming"]
         if warming or s["batches"]:
             ratio = f"{s['batch_hits'] / s['batch_texts']:.0%}" if s["batch_texts"] else "-"
             model = "" if warming.get("model_loaded") else " (model loading)"
-            second += (
-                f" | warm tasks {warming.get('tasks', 0):,}{model} | texts embedded {warming.get('generated', 0):,}"
-                f" ({s['embedded_per_s']:.0f}/s) | batch hits {ratio}"
+            lines.append(
+                f"      warm tasks {warming.get('tasks', 0):,}{model} | texts embedded {warming.get('generated', 0):,}"
+                f" ({s['embedded_per_s']:.0f}/s) | on demand {s['on_demand']:,} | batch hits {ratio}"
             )
-        return [first, second]
+        return lines
 
     def summary(self, s: dict[str, Any], writes: Any, warming_on: bool) -> list[str]:
         total = max(1, s["reads"])

@@ -55,7 +55,7 @@ def test_run_command_end_to_end() -> None:
     assert on_demand <= batch_texts, out
     # the status line shows the stale check first, and the warming figures
     assert re.search(r"\| stale 0 of [\d,]+ checked \(bound 1,000 ms\) \| reads/s", out), out
-    assert re.search(r"warm tasks [\d,]+ \| texts embedded [\d,]+ \(\d+/s\) \| batch hits", out), out
+    assert re.search(r"warm tasks [\d,]+ \| texts embedded [\d,]+ \(\d+/s\) \| on demand [\d,]+ \| batch hits", out), out
 
     ports = re.findall(r"started on port (\d+)", out)
     assert len(ports) == 2
