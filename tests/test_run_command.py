@@ -54,8 +54,9 @@ def test_run_command_end_to_end() -> None:
     assert warm_tasks >= 1 and by_warming >= 1 and batch_texts >= 1, out
     assert on_demand <= batch_texts, out
     # the status line shows the stale check first, and the warming figures
-    assert re.search(r"\| stale 0 of [\d,]+ checked \(bound 1,000 ms\) \| reads/s", out), out
-    assert re.search(r"warm tasks [\d,]+ \| texts embedded [\d,]+ \(\d+/s\) \| on demand [\d,]+ \| batch hits", out), out
+    assert re.search(r"\| stale 0 of [\d,]+ checked \(bound 3,000 ms\) \| reads/s", out), out
+    warming_line = r"warm tasks [\d,]+ \| texts embedded [\d,]+ \(\d+/s\) \| on demand [\d,]+ \| batch hits"
+    assert re.search(warming_line, out), out
 
     ports = re.findall(r"started on port (\d+)", out)
     assert len(ports) == 2
