@@ -71,6 +71,9 @@ def figures_part(directory: Path | None) -> Callable[[list[Row], str, bool], Awa
             progress("figures skipped (--quick writes no files unless --figures-dir is given)")
             return
         progress(f"figures -> {directory}")
+        # A manager of its own (other parts may have configured theirs), with the memory tier on.
+        await CacheManager.get_instance().close()
+        CacheManager.configure(redis_url=url, key_prefix="benchfig:", ttl_jitter=0.0)
         for path in await figures.figures(url, directory, quick):
             progress(f"wrote {path}")
 

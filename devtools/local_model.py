@@ -119,6 +119,9 @@ def ensure_local_model(
 def _torch_source(python: str, cpu_index: str, say: Callable[[str], None]) -> list[str]:
     """pip arguments that give the CPU build of torch, after telling the user what is coming."""
     planned = plan(python, [TORCH])
+    if not planned:
+        say(f"setup      : installing the local embedding model (first run only); {TORCH} is already installed")
+        return []
     if not _cuda(planned):
         say(f"setup      : installing the local embedding model (first run only): {describe(planned, 'CPU build')}")
         return []
