@@ -9,10 +9,16 @@ Prometheus themselves do not run here (no Docker): the compose wiring is checked
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from devtools.embedded import EmbeddedPostgres, free_port
+from devtools.embedded import EmbeddedPostgres, end_process, free_port
 from shared_cache import (
     CacheCollector,
     CacheManager,
@@ -97,7 +103,7 @@ def pg() -> Iterator[EmbeddedPostgres]:
     server.cleanup()
 
 
-async def library_exposition(manager: CacheManager) -> str:
+async def library_registry(manager: CacheManager) -> CollectorRegistry:
     """The library's metrics after a miss, a Redis hit, a memory hit, an absorbed error, a batch and
     an eviction from another process's invalidation."""
     registry = CollectorRegistry()
@@ -116,10 +122,10 @@ async def library_exposition(manager: CacheManager) -> str:
     await other.invalidate("acme", "document", "d1")
     await wait_until(lambda: manager.subscriber is not None and manager.subscriber.evicted >= 1)
     await other.close()
-    return generate_latest(registry).decode()
+    return registry
 
 
-async def unreachable_redis_exposition(manager: CacheManager) -> str:
+async def unreachable_redis_registry(manager: CacheManager) -> CollectorRegistry:
     """A process whose Redis is down still reads (from the database) and counts the errors."""
     dead = CacheManager(
         manager.settings.model_copy(update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")})
@@ -137,30 +143,25 @@ async def unreachable_redis_exposition(manager: CacheManager) -> str:
         CacheManager._instance = manager
         await dead.close()
     assert value == {"id": "d9"}
-    return generate_latest(registry).decode()
+    return registry
 
 
-async def listener_exposition(manager: CacheManager, redis_url: str, dsn: str) -> str:
-    """A running listener's /metrics, scraped over HTTP after it handled real changes."""
+@contextlib.asynccontextmanager
+async def running_listener(manager: CacheManager, redis_url: str, dsn: str, slot: str) -> AsyncIterator[int]:
+    """A running listener serving /metrics, after it handled a real change; yields its port."""
     ts = TaskSettings(broker_url=f"{redis_url.rsplit('/', 1)[0]}/7")  # type: ignore[arg-type]
     planner = Planner()
     listener = Listener(ListenerSettings(), planner, make_app(ts), manager, redis_url, ts)
-    listener.add_source(PostgresLogicalSource(dsn, planner.tables, slot="dashboard_slot"))
+    listener.add_source(PostgresLogicalSource(dsn, planner.tables, slot=slot))
     stop = asyncio.Event()
     run = await listener.start(stop, within=20)
     port = free_port()
     served = asyncio.create_task(serve_metrics(listener, port, addr="127.0.0.1"))
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO documents VALUES ('d1', 'acme', 'c1', 't')")
+            conn.execute("INSERT INTO documents VALUES (%s, 'acme', 'c1', 't')", (f"{slot}-d1",))
         await wait_until(lambda: listener.stats["processed"] >= 1)
-        url = f"http://127.0.0.1:{port}/metrics"
-
-        def scrape() -> str:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return str(response.read().decode())
-
-        return await asyncio.to_thread(scrape)
+        yield port
     finally:
         served.cancel()
         await asyncio.gather(served, return_exceptions=True)
@@ -168,11 +169,19 @@ async def listener_exposition(manager: CacheManager, redis_url: str, dsn: str) -
         await asyncio.wait_for(run, 10)
 
 
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
 async def test_every_dashboard_query_names_exported_metrics_and_labels(
     manager: CacheManager, redis_url: str, pg: EmbeddedPostgres
 ) -> None:
-    metrics = exported(await library_exposition(manager))
-    for text in (await unreachable_redis_exposition(manager), await listener_exposition(manager, redis_url, pg.dsn)):
+    metrics = exported(generate_latest(await library_registry(manager)).decode())
+    texts = [generate_latest(await unreachable_redis_registry(manager)).decode()]
+    async with running_listener(manager, redis_url, pg.dsn, "dashboard_slot") as port:
+        texts.append(await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics"))
+    for text in texts:
         for name, labels in exported(text).items():
             metrics.setdefault(name, set()).update(labels)
     assert "shared_cache_latency_ms_bucket" in metrics and "shared_cache_worker_slot_lag_bytes" in metrics
@@ -220,3 +229,83 @@ def test_compose_wires_prometheus_and_grafana_to_the_dashboard() -> None:
     assert uids == {datasource["uid"]}
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
+
+
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+
+
+def prometheus_config(tmp: Path, listener: str, services: list[str]) -> Path:
+    """deploy/prometheus/prometheus.yml with this machine's targets and a 1 s scrape interval."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"]["scrape_interval"] = "1s"
+    targets = tmp / "targets"
+    targets.mkdir()
+    (targets / "services.json").write_text(json.dumps([{"targets": services, "labels": {"role": "service"}}]))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    jobs["shared_cache_listener"]["static_configs"][0]["targets"] = [listener]
+    jobs["shared_cache_services"]["file_sd_configs"][0]["files"] = [str(targets / "*.json")]
+    path = tmp / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def query(base: str, expr: str) -> dict[str, Any]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        return dict(json.loads(http_get(url)))
+    except urllib.error.HTTPError as exc:  # a bad query: Prometheus answers 400 with the reason
+        return dict(json.loads(exc.read()))
+
+
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="needs Prometheus on the PATH (Debian: apt-get install prometheus)"
+)
+async def test_every_dashboard_query_runs_on_a_real_prometheus(
+    manager: CacheManager, redis_url: str, pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """Prometheus scrapes the real exporters with the project's scrape config, then evaluates every
+    query of the dashboard: each must be valid PromQL and return series."""
+    from prometheus_client import start_http_server
+
+    servers = []
+    for registry in (await library_registry(manager), await unreachable_redis_registry(manager)):
+        port = free_port()
+        servers.append((port, *start_http_server(port, addr="127.0.0.1", registry=registry)))
+    async with running_listener(manager, redis_url, pg.dsn, "dashboard_prom_slot") as listener_port:
+        config = prometheus_config(tmp_path, f"127.0.0.1:{listener_port}", [f"127.0.0.1:{p}" for p, *_ in servers])
+        web = free_port()
+        base = f"http://127.0.0.1:{web}"
+        log = (tmp_path / "prometheus.log").open("w")
+        command = [
+            shutil.which("prometheus") or "prometheus", f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{web}",
+        ]  # fmt: skip
+        proc = await asyncio.to_thread(subprocess.Popen, command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+
+            async def scraped_enough() -> bool:
+                try:  # every target up, and at least three scrapes of each (rate() needs two)
+                    result = await asyncio.to_thread(query, base, "count_over_time(up[1m]) >= 3 and up == 1")
+                except OSError:
+                    return False
+                return len(result.get("data", {}).get("result", [])) == 3
+
+            deadline = time.monotonic() + 60
+            while not await scraped_enough():
+                assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()[-3000:]
+                await asyncio.sleep(0.5)
+
+            dashboard = json.loads(DASHBOARD.read_text())
+            for title, expr in queries(dashboard):
+                runnable = expr.replace("$__rate_interval", "10s")
+                answer = await asyncio.to_thread(query, base, runnable)
+                assert answer["status"] == "success", f"{title!r}: {runnable!r}: {answer.get('error')}"
+                assert answer["data"]["result"], f"{title!r}: {runnable!r} returned no series"
+        finally:
+            await asyncio.to_thread(end_process, proc, 20)
+            log.close()
+            for _, server, thread in servers:
+                server.shutdown()
+                server.server_close()
+                thread.join(5)
