@@ -166,8 +166,16 @@ class Demo:
         if self.provider != "none":
             say(f"warming    : loading {MODEL} in the warming worker and the query service (CPU, one thread each)")
         started = time.monotonic()
+        told = started
+        loaded = "loading"
         while time.monotonic() - started < 300:
+            if time.monotonic() - told >= 15:  # a long wait says it is still waiting, and on what
+                told = time.monotonic()
+                waiting = sum(not ready.is_set() for _, ready in self.processes)
+                model = "" if self.provider == "none" else f"; model in the warming worker: {loaded}"
+                say(f"waiting    : {told - started:.0f} s; {waiting} of {len(self.processes)} processes not ready{model}")
             warming = status.collect()["warming"]
+            loaded = "loaded" if warming.get("model_loaded") else "loading"
             if warming.get("model_error"):
                 raise RuntimeError(f"the warming worker could not load the model: {warming['model_error']}")
             for proc, _ in self.processes:
