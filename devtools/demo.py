@@ -173,7 +173,8 @@ class Demo:
                 told = time.monotonic()
                 waiting = sum(not ready.is_set() for _, ready in self.processes)
                 model = "" if self.provider == "none" else f"; model in the warming worker: {loaded}"
-                say(f"waiting    : {told - started:.0f} s; {waiting} of {len(self.processes)} processes not ready{model}")
+                total = len(self.processes)
+                say(f"waiting    : {told - started:.0f} s; {waiting} of {total} processes not ready{model}")
             warming = status.collect()["warming"]
             loaded = "loaded" if warming.get("model_loaded") else "loading"
             if warming.get("model_error"):
