@@ -63,6 +63,7 @@ class Demo:
         self.mp = mp.get_context("spawn")
         self.go = self.mp.Event()
         self.until = self.mp.RawValue("d", 0.0)  # when the workload ends (set when it starts)
+        self.seeded_warm_tasks = 0
 
     # -- set-up ----------------------------------------------------------------------------------
     def choose_provider(self) -> None:
@@ -182,8 +183,8 @@ class Demo:
             for proc, _ in self.processes:
                 if not proc.is_alive():
                     raise RuntimeError(f"a reader process stopped before it was ready (exit code {proc.exitcode})")
-            model = self.provider == "none" or warming.get("model_loaded")
-            if model and all(ready.is_set() for _, ready in self.processes):
+            model_ready = self.provider == "none" or bool(warming.get("model_loaded"))
+            if model_ready and all(ready.is_set() for _, ready in self.processes):
                 if self.provider != "none":
                     say(f"warming    : model loaded in {time.monotonic() - started:.1f} s")
                 return
@@ -199,6 +200,7 @@ class Demo:
             for c in range(2):
                 app.send_task("shared_cache.warm_collection", args=[tenant, f"{tenant}-c{c}"], queue="warming")
         app.close()
+        self.seeded_warm_tasks = len(TENANTS) * 2
         say(f"warming    : warm_collection sent for the {len(TENANTS) * 2} seeded collections")
 
     # -- the run ---------------------------------------------------------------------------------
@@ -230,6 +232,8 @@ class Demo:
         for proc, _ in self.processes:
             await asyncio.to_thread(proc.join, 10)
         await asyncio.sleep(1.2)  # the last stats reports and the listener's status land
+        if self.provider != "none":
+            await self.drain_warming(status)
         final = status.collect()
         status.close()
         for line in status.summary(final, writes, self.provider != "none"):
@@ -271,6 +275,23 @@ class Demo:
                 last_print = time.monotonic()
         stop.set()
         return await writer
+
+    async def drain_warming(self, status: Status, within: float = 60.0) -> None:
+        """Let the warming worker finish the tasks queued during the run (up to ``within`` seconds),
+        so the summary counts all the warming the run caused."""
+        started = time.monotonic()
+        told = 0.0
+        while time.monotonic() - started < within:
+            s = status.collect()
+            sent = s["warm_sent"] + self.seeded_warm_tasks
+            done = s["warming"].get("tasks", 0) + s["warming"].get("failed", 0)
+            if done >= sent:
+                return
+            if time.monotonic() - told >= 10:
+                told = time.monotonic()
+                say(f"warming    : finishing the queue: {done:,} of {sent:,} warming tasks done")
+            await asyncio.sleep(0.5)
+        say(f"warming    : {within:.0f} s later the warming queue was not empty; the summary counts what was done")
 
     async def wait_for_listener(self, redis_url: str) -> None:
         import redis

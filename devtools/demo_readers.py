@@ -136,21 +136,25 @@ def query_service(
     ``clock`` as for ``document_reader``: ``ready`` is set once the model is loaded.
     """
     os.environ.update(env)  # thread counts and quiet loading, read when torch is first imported
-    os.nice(10)  # the model's CPU time must not delay the invalidation path on a small machine
-    asyncio.run(_embed_recent(redis_url, dsn, prefix, model_name, clock, counters))
+    from tasks.providers import LocalSentenceTransformerProvider
+
+    provider = LocalSentenceTransformerProvider(model_name)
+    provider.load()  # at normal priority: seconds, before the workload's clock starts
+    # The model's CPU time must not delay the invalidation path on a small machine: nice 10 for this
+    # thread and every thread it starts from now on (the event loop's executor included).
+    os.nice(10)
+    asyncio.run(_embed_recent(redis_url, dsn, prefix, provider, clock, counters))
 
 
 async def _embed_recent(
-    redis_url: str, dsn: str, prefix: str, model_name: str, clock: tuple[Any, Any, Any], counters: Any
+    redis_url: str, dsn: str, prefix: str, provider: Any, clock: tuple[Any, Any, Any], counters: Any
 ) -> None:
     import psycopg
 
     from shared_cache import CacheManager, get_embeddings_batch_with_cache
-    from tasks.providers import LocalSentenceTransformerProvider
 
     ready, go, until = clock
-    provider = LocalSentenceTransformerProvider(model_name)
-    await asyncio.to_thread(provider.load)  # seconds: before the clock of the workload starts
+    model_name = provider.model_name
     manager = CacheManager.configure(redis_url=redis_url, key_prefix=prefix, stats_publish_seconds=0)
     await manager.start()
     db = await psycopg.AsyncConnection.connect(dsn, autocommit=True)

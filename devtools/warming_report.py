@@ -44,11 +44,13 @@ def _is_warming(task: Any) -> bool:
 
 @worker_process_init.connect
 def _preload(**_: Any) -> None:
-    # Warming is bulk work: on a small machine it must not take the CPU from the invalidation path.
-    os.nice(10)
     # On a thread: a process that takes longer than a few seconds to initialise is restarted by
     # Celery, and loading the model takes longer than that on a busy machine.
     threading.Thread(target=_load_model, name="preload-model", daemon=True).start()
+    # Warming is bulk work: on a small machine it must not take the CPU from the invalidation path.
+    # Linux sets a nice value per thread: the tasks' thread (this one, and the threads it starts)
+    # runs at nice 10; the model loads at normal priority on the thread started above.
+    os.nice(10)
 
 
 def _load_model() -> None:
