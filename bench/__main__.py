@@ -1,7 +1,9 @@
-"""Run every benchmark against a Redis server it starts itself; print and save a Markdown table.
+"""Run the benchmarks against a Redis server it starts itself; print and save a Markdown table, and
+draw the figures next to it.
 
-python -m bench            # full run (about two minutes)
-python -m bench --quick    # smaller sizes, for a smoke test
+python -m bench                   # every part (about eight minutes)
+python -m bench service figures   # only these parts
+python -m bench --quick           # smaller sizes, for a smoke test (writes no file unless --figures-dir)
 """
 
 from __future__ import annotations
@@ -10,48 +12,114 @@ import argparse
 import asyncio
 import platform
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import first_read, invalidation, memory_invalidation, read_path, stale, warming, worker
+from bench import figures, first_read, invalidation, memory_invalidation, read_path, service, stale, warming, worker
 from devtools.embedded import EmbeddedRedis as RedisServer
 from shared_cache import CacheManager
 
+Row = tuple[str, str, str, str]
+PARTS = ("read", "invalidation", "stale", "worker", "warming", "service", "figures")
 
-async def run(quick: bool, url: str) -> list[tuple[str, str, str, str]]:
-    rows: list[tuple[str, str, str, str]] = []
-    CacheManager.configure(redis_url=url, key_prefix="bench:", ttl_jitter=0.0)
-    steps = [
+
+def progress(text: str) -> None:
+    print(f"-- {text}", file=sys.stderr, flush=True)
+
+
+async def read_part(rows: list[Row], url: str, quick: bool) -> None:
+    for name, step in (
         ("memory hit", read_path.memory_hit(rows)),
         ("first read", first_read.first_read(rows, url, 300 if quick else 2000)),
         ("redis hit", read_path.redis_hit(rows, url)),
         ("miss", read_path.miss(rows, url)),
         ("batch", read_path.batch(rows)),
-        ("invalidation", invalidation.scope_vs_scan(rows, url, 10_000 if quick else 1_000_000)),
-        ("memory invalidation", memory_invalidation.memory_invalidation(rows, url, 5 if quick else 20)),
-        ("propagation", invalidation.propagation(rows, url, 8, 50 if quick else 300)),
-    ]
-    for name, step in steps:
-        print(f"-- {name}", file=sys.stderr, flush=True)
+    ):
+        progress(name)
         await step
     read_path.codec(rows)
-    print("-- stale reads", file=sys.stderr, flush=True)
+
+
+async def invalidation_part(rows: list[Row], url: str, quick: bool) -> None:
+    progress("invalidation")
+    await invalidation.scope_vs_scan(rows, url, 10_000 if quick else 1_000_000)
+    progress("memory-tier invalidation")
+    await memory_invalidation.memory_invalidation(rows, url, 5 if quick else 20)
+    progress("propagation")
+    await invalidation.propagation(rows, url, 8, 50 if quick else 300)
+
+
+async def stale_part(rows: list[Row], url: str, quick: bool) -> None:
+    progress("stale reads")
     stale.stale_reads(rows, url, 3 if quick else 10)
-    print("-- worker", file=sys.stderr, flush=True)
+
+
+async def worker_part(rows: list[Row], url: str, quick: bool) -> None:
+    progress("worker")
     await worker.worker_benchmarks(rows, url, quick)
+
+
+async def warming_part(rows: list[Row], url: str, quick: bool) -> None:
+    progress("warming (local model)")
+    await asyncio.to_thread(warming.warming, rows, url, quick)
+
+
+async def service_part(rows: list[Row], url: str, quick: bool) -> None:
+    progress("service level (uvicorn + Postgres + wrk)")
+    await asyncio.to_thread(service.service_level, rows, url, quick, progress)
+
+
+def figures_part(directory: Path | None) -> Callable[[list[Row], str, bool], Awaitable[None]]:
+    async def run(rows: list[Row], url: str, quick: bool) -> None:
+        if directory is None:
+            progress("figures skipped (--quick writes no files unless --figures-dir is given)")
+            return
+        progress(f"figures -> {directory}")
+        # A manager of its own (other parts may have configured theirs), with the memory tier on.
+        await CacheManager.get_instance().close()
+        CacheManager.configure(redis_url=url, key_prefix="benchfig:", ttl_jitter=0.0)
+        for path in await figures.figures(url, directory, quick):
+            progress(f"wrote {path}")
+
+    return run
+
+
+async def run(parts: list[str], quick: bool, url: str, figures_dir: Path | None) -> list[Row]:
+    rows: list[Row] = []
+    steps = {
+        "read": read_part,
+        "invalidation": invalidation_part,
+        "stale": stale_part,
+        "worker": worker_part,
+        "warming": warming_part,
+        "service": service_part,
+        "figures": figures_part(figures_dir),
+    }
+    CacheManager.configure(redis_url=url, key_prefix="bench:", ttl_jitter=0.0)
+    for name in parts:
+        await steps[name](rows, url, quick)
     await CacheManager.get_instance().close()
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("parts", nargs="*", metavar="PART", help=f"parts to run (default: all): {', '.join(PARTS)}")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--out", default="bench/results.md", help="where to write the Markdown table")
-    args = parser.parse_args()
+    parser.add_argument("--figures-dir", help="where to write the PNGs (default: next to --out)")
+    args = parser.parse_args(argv)
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(map(repr, unknown))}: expected some of {', '.join(PARTS)}")
+    parts = [p for p in PARTS if p in args.parts] if args.parts else list(PARTS)
+    if args.figures_dir:
+        figures_dir: Path | None = Path(args.figures_dir)
+    else:
+        figures_dir = None if args.quick else Path(args.out).parent
     server = RedisServer(extra=["--enable-debug-command", "yes"]).start()
     try:
-        rows = asyncio.run(run(args.quick, server.url))
-        print("-- warming (local model)", file=sys.stderr, flush=True)
-        warming.warming(rows, server.url, args.quick)
+        rows = asyncio.run(run(parts, args.quick, server.url, figures_dir))
     finally:
         server.cleanup()
     lines = [
@@ -63,8 +131,10 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.quick:
-        Path(args.out).write_text(text)
+    if not args.quick and set(parts) != {"figures"}:
+        out = Path(args.out) if parts == list(PARTS) else Path(args.out).with_name(f"results-{'-'.join(parts)}.md")
+        out.write_text(text)
+        progress(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 Starts, as child processes it owns, a Redis server and a Postgres (unless
 ``SHARED_CACHE_REDIS_URL`` / ``SHARED_CACHE_WORKER_DATABASE_URL`` point at real ones), creates a
 small schema with sample tenants, collections, agents, documents and chunks, then the change
-listener and a Celery worker; then runs a workload you can watch: reader processes doing cache-aside
-reads, a writer updating rows in Postgres, and a status line refreshed in place. It ends after
-``--duration`` seconds or on Ctrl-C, stops every child and removes its temp directories.
+listener and two Celery workers (invalidation; warming with the local all-MiniLM-L6-v2 model, which
+it installs on first use); then runs a workload you can watch: reader processes doing cache-aside
+reads and checking a sample of them for staleness against Postgres, a query service embedding
+recent chunks through the cache, a writer changing documents and chunks, and a status line. It ends
+after ``--duration`` seconds or on Ctrl-C, stops every child and removes its temp directories.
+Exit code 1 if a stale read was seen (or nothing was read).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
-import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,178 +26,59 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from devtools.demo_data import TENANTS, Writes, seed, write
+from devtools.demo_readers import document_reader, query_service
+from devtools.demo_status import Status
 from devtools.embedded import EmbeddedCeleryWorker, EmbeddedPostgres, EmbeddedRedis, end_process
+from devtools.local_model import ensure_local_model
 from shared_cache import Keyspace
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "demo:"
-TENANTS = ("acme", "globex", "initech")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS collections (id text PRIMARY KEY, tenant_id text NOT NULL, name text);
-CREATE TABLE IF NOT EXISTS agents (id text PRIMARY KEY, tenant_id text NOT NULL, name text, model text);
-CREATE TABLE IF NOT EXISTS documents (
-    id text PRIMARY KEY, tenant_id text NOT NULL, collection_id text, title text, version int NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS document_chunks (
-    id serial PRIMARY KEY, tenant_id text NOT NULL, document_id text, collection_id text, content text);
-ALTER TABLE collections REPLICA IDENTITY FULL;
-ALTER TABLE agents REPLICA IDENTITY FULL;
-ALTER TABLE documents REPLICA IDENTITY FULL;
-ALTER TABLE document_chunks REPLICA IDENTITY FULL;
-"""
+MODEL = "all-MiniLM-L6-v2"
+FAULTS = ("no-subscriber", "no-listener")
+# One core each for torch in the warming worker and the query service: the machine also runs the
+# readers, Redis, Postgres and the listener, and invalidations must not wait behind a model.
+MODEL_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
 
 
 def say(message: str) -> None:
     print(message, flush=True)
 
 
-def seed(dsn: str, docs_per_tenant: int) -> None:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-        for tenant in TENANTS:
-            for c in range(2):
-                conn.execute(
-                    "INSERT INTO collections VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                    (f"{tenant}-c{c}", tenant, f"{tenant} collection {c}"),
-                )
-            for a in range(2):
-                conn.execute(
-                    "INSERT INTO agents VALUES (%s, %s, %s, 'gpt') ON CONFLICT DO NOTHING",
-                    (f"{tenant}-a{a}", tenant, f"agent {a}"),
-                )
-            for d in range(docs_per_tenant):
-                doc = f"{tenant}-d{d}"
-                inserted = conn.execute(
-                    "INSERT INTO documents VALUES (%s, %s, %s, %s, 0) ON CONFLICT DO NOTHING RETURNING id",
-                    (doc, tenant, f"{tenant}-c{d % 2}", f"{tenant} document {d}"),
-                ).fetchone()
-                if inserted:
-                    for k in range(3):
-                        conn.execute(
-                            "INSERT INTO document_chunks (tenant_id, document_id, collection_id, content)"
-                            " VALUES (%s, %s, %s, %s)",
-                            (tenant, doc, f"{tenant}-c{d % 2}", f"chunk {k} of {tenant} document {d}"),
-                        )
-
-
-# -- reader processes --------------------------------------------------------------------------
-def reader(redis_url: str, dsn: str, docs: int, until: float, seed_: int) -> None:
-    asyncio.run(_read_loop(redis_url, dsn, docs, until, seed_))
-
-
-async def _read_loop(redis_url: str, dsn: str, docs: int, until: float, seed_: int) -> None:
-    import psycopg
-
-    from shared_cache import CacheManager, get_with_cache_aside
-
-    manager = CacheManager.configure(redis_url=redis_url, key_prefix=PREFIX, stats_publish_seconds=0.5)
-    db = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-    rng = random.Random(seed_)
-
-    async def fetch(resource_id: str, tenant_id: str, ctx: Any) -> dict[str, Any] | None:
-        cursor = await db.execute(
-            "SELECT title, version FROM documents WHERE tenant_id = %s AND id = %s", (tenant_id, resource_id)
-        )
-        row = await cursor.fetchone()
-        return None if row is None else {"title": row[0], "version": row[1]}
-
-    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        while time.time() < until:
-            tenant = rng.choice(TENANTS)
-            # a few hot documents per tenant, like real traffic
-            doc = f"{tenant}-d{min(int(rng.expovariate(0.3)), docs - 1)}"
-            await get_with_cache_aside("document", doc, tenant, fetch)
-            await asyncio.sleep(0.001)
-    with contextlib.suppress(Exception):
-        await manager.publish_stats()
-    await manager.close()
-    await db.close()
-
-
-# -- status ------------------------------------------------------------------------------------
-class Status:
-    """Reads every process's stats from Redis and renders one line (or the final summary)."""
-
-    def __init__(self, redis_url: str) -> None:
-        import redis
-
-        self.redis = redis.Redis.from_url(redis_url)
-        self.started = time.monotonic()
-        self.last: tuple[float, int] | None = None
-        self.rate = 0.0
-
-    def collect(self) -> dict[str, Any]:
-        reports = []
-        for key in self.redis.scan_iter(match=Keyspace(PREFIX).stats_pattern(), count=100):
-            raw = self.redis.get(key)
-            if raw:
-                reports.append(orjson.loads(raw))
-        tiers = {"memory": 0, "redis": 0}
-        misses = 0
-        evicted = 0
-        p50s: list[float] = []
-        p99s: list[float] = []
-        for report in reports:
-            for row in report.get("by_type", {}).values():
-                for tier, count in row["hits"].items():
-                    tiers[tier] = tiers.get(tier, 0) + count
-                misses += row["misses"]
-            sub = report.get("subscriber") or {}
-            evicted += sub.get("evicted", 0)
-            latency = sub.get("commit_to_evict_ms") or {}
-            if latency.get("count"):
-                p50s.append(latency["p50"])
-                p99s.append(latency["p99"])
-        raw = self.redis.get(Keyspace(PREFIX).worker_stats)
-        listener = orjson.loads(raw)["stats"] if raw else {}
-        reads = sum(tiers.values()) + misses
-        now = time.monotonic()
-        if self.last is not None and now > self.last[0]:
-            self.rate = (reads - self.last[1]) / (now - self.last[0])
-        self.last = (now, reads)
-        return {
-            "elapsed": now - self.started,
-            "readers": len(reports),
-            "reads": reads,
-            "reads_per_s": self.rate,
-            "memory": tiers.get("memory", 0),
-            "redis": tiers.get("redis", 0),
-            "db": misses,
-            "changes": listener.get("events", 0),
-            "invalidations": listener.get("invalidation_tasks", 0),
-            "warm_tasks": listener.get("warm_tasks", 0),
-            "evictions": evicted,
-            "commit_to_evict_p50": sorted(p50s)[len(p50s) // 2] if p50s else None,
-            "commit_to_evict_p99": max(p99s) if p99s else None,
-        }
-
-    @staticmethod
-    def line(s: dict[str, Any]) -> str:
-        total = max(1, s["reads"])
-        latency = (
-            f"{s['commit_to_evict_p50']:.0f}/{s['commit_to_evict_p99']:.0f} ms"
-            if s["commit_to_evict_p50"] is not None
-            else "-"
-        )
-        return (
-            f"{s['elapsed']:5.0f}s | reads/s {s['reads_per_s']:6.0f} | hits memory {s['memory'] / total:4.0%}"
-            f" redis {s['redis'] / total:4.0%} db {s['db'] / total:4.0%} | changes {s['changes']:5d}"
-            f" | invalidations {s['invalidations']:4d} | evictions {s['evictions']:5d}"
-            f" | warm tasks {s['warm_tasks']:3d} | commit->evict p50/p99 {latency}"
-        )
-
-
-# -- orchestration -------------------------------------------------------------------------------
 class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.servers: list[Any] = []
         self.children: list[subprocess.Popen[Any]] = []
-        self.celery: EmbeddedCeleryWorker | None = None
-        self.readers: list[Any] = []
+        self.workers: list[EmbeddedCeleryWorker] = []
+        self.processes: list[tuple[Any, Any]] = []  # (process, its ready event)
+        self.provider = "none"
+        self.mp = mp.get_context("spawn")
+        self.go = self.mp.Event()
+        self.until = self.mp.RawValue("d", 0.0)  # when the workload ends (set when it starts)
+        self.seeded_warm_tasks = 0
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def choose_provider(self) -> None:
+        """Warming with the local model by default; installed on first use, skipped (saying why)
+        only where it cannot be installed."""
+        wanted = os.environ.get("SHARED_CACHE_WORKER_EMBEDDING_PROVIDER", "local")
+        if self.args.no_warming or wanted == "none":
+            say("warming    : off (--no-warming or SHARED_CACHE_WORKER_EMBEDDING_PROVIDER=none)")
+            return
+        if wanted == "local":
+            setup = ensure_local_model(sys.executable, say)
+            if not setup.available:
+                say(f"warming    : off: {setup.reason}")
+                return
+        self.provider = wanted
 
     def start_services(self) -> tuple[str, str]:
         redis_url = os.environ.get("SHARED_CACHE_REDIS_URL", "")
@@ -225,12 +109,24 @@ class Demo:
             ),
             "SHARED_CACHE_WORKER_DATABASE_URL": dsn,
             "SHARED_CACHE_WORKER_SLOT_NAME": os.environ.get("SHARED_CACHE_WORKER_SLOT_NAME", "shared_cache_demo"),
-            "SHARED_CACHE_WORKER_EMBEDDING_PROVIDER": os.environ.get("SHARED_CACHE_WORKER_EMBEDDING_PROVIDER", "none"),
+            "SHARED_CACHE_WORKER_EMBEDDING_PROVIDER": self.provider,
+            "SHARED_CACHE_WORKER_EMBEDDING_MODEL": MODEL,
         }
 
-    def start_worker(self, env: dict[str, str]) -> None:
-        self.celery = EmbeddedCeleryWorker(env, concurrency=2, cwd=ROOT).start()
-        say(f"celery     : worker ready, queues invalidation + warming (pid {self.celery.proc.pid})")  # type: ignore[union-attr]
+    def start_workers(self, env: dict[str, str]) -> None:
+        worker = EmbeddedCeleryWorker(env, concurrency=2, queues="invalidation", cwd=ROOT).start()
+        self.workers.append(worker)
+        say(f"celery     : invalidation worker ready (pid {worker.proc.pid if worker.proc else '?'})")
+        if self.provider != "none":
+            warming = EmbeddedCeleryWorker(
+                {**env, **MODEL_ENV}, concurrency=1, queues="warming", include="devtools.warming_report", cwd=ROOT
+            ).start()
+            self.workers.append(warming)
+            pid = warming.proc.pid if warming.proc else "?"
+            say(f"celery     : warming worker ready (pid {pid}), {self.provider} embedding model")
+        if self.args.fault == "no-listener":
+            say("listener   : NOT started (--fault no-listener): writes reach no cache")
+            return
         listener = subprocess.Popen(
             [sys.executable, "-m", "worker", "--status-every", "1", "--log-level", "WARNING"],
             cwd=ROOT,
@@ -239,76 +135,163 @@ class Demo:
         self.children.append(listener)
         say(f"listener   : python -m worker (pid {listener.pid}), Postgres slot {env['SHARED_CACHE_WORKER_SLOT_NAME']}")
 
-    def start_readers(self, redis_url: str, dsn: str, until: float) -> None:
-        ctx = mp.get_context("spawn")
+    def start_readers(self, redis_url: str, dsn: str, status: Status) -> None:
+        subscriber = self.args.fault != "no-subscriber"
         for i in range(self.args.readers):
-            proc = ctx.Process(target=reader, args=(redis_url, dsn, self.args.docs, until, i), daemon=True)
-            proc.start()
-            self.readers.append(proc)
-        say(f"readers    : {self.args.readers} processes doing get_with_cache_aside (memory -> Redis -> Postgres)")
+            counters = self.mp.RawArray("q", 3)
+            clock = (self.mp.Event(), self.go, self.until)
+            args = (redis_url, dsn, PREFIX, self.args.docs, clock, i, counters, subscriber, 10, self.args.bound_ms)
+            self.start_process(document_reader, args, clock[0])
+            status.readers.append(counters)
+        note = "" if subscriber else " WITHOUT the eviction subscriber (--fault no-subscriber)"
+        say(
+            f"readers    : {self.args.readers} processes doing get_with_cache_aside (memory -> Redis -> Postgres),"
+            f" checking one read in 10 against Postgres{note}"
+        )
 
-    async def write(self, dsn: str, until: float, stop: asyncio.Event) -> int:
-        import psycopg
+    def start_query_service(self, redis_url: str, dsn: str, status: Status) -> None:
+        counters = self.mp.RawArray("q", 4)
+        clock = (self.mp.Event(), self.go, self.until)
+        self.start_process(query_service, (redis_url, dsn, PREFIX, MODEL, clock, counters, MODEL_ENV), clock[0])
+        status.query = counters
+        say("query svc  : 1 process doing get_embeddings_batch_with_cache on the most recently written chunks")
 
-        rng = random.Random(42)
-        writes = 0
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            while time.time() < until and not stop.is_set():
-                tenant = rng.choice(TENANTS)
-                doc = f"{tenant}-d{min(int(rng.expovariate(0.3)), self.args.docs - 1)}"
-                await conn.execute(
-                    "UPDATE documents SET version = version + 1, title = %s WHERE id = %s",
-                    (f"{doc} edited at {time.strftime('%H:%M:%S')}", doc),
-                )
-                if rng.random() < 0.2:
-                    await conn.execute(
-                        "INSERT INTO document_chunks (tenant_id, document_id, collection_id, content)"
-                        " VALUES (%s, %s, %s, %s)",
-                        (tenant, doc, f"{tenant}-c0", f"new chunk for {doc} {writes}"),
-                    )
-                writes += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.args.write_interval)
-        return writes
+    def start_process(self, target: Any, args: tuple[Any, ...], ready: Any) -> None:
+        proc = self.mp.Process(target=target, args=args, daemon=True)
+        proc.start()
+        self.processes.append((proc, ready))
 
+    async def wait_until_ready(self, status: Status) -> None:
+        """Wait for every reader (connected) and, with warming, for the model in the warming worker
+        and the query service, so the workload's clock starts with everyone in place."""
+        if self.provider != "none":
+            say(f"warming    : loading {MODEL} in the warming worker and the query service (CPU, one thread each)")
+        started = time.monotonic()
+        told = started
+        loaded = "loading"
+        while time.monotonic() - started < 300:
+            if time.monotonic() - told >= 15:  # a long wait says it is still waiting, and on what
+                told = time.monotonic()
+                waiting = sum(not ready.is_set() for _, ready in self.processes)
+                model = "" if self.provider == "none" else f"; model in the warming worker: {loaded}"
+                total = len(self.processes)
+                say(f"waiting    : {told - started:.0f} s; {waiting} of {total} processes not ready{model}")
+            warming = status.collect()["warming"]
+            loaded = "loaded" if warming.get("model_loaded") else "loading"
+            if warming.get("model_error"):
+                raise RuntimeError(f"the warming worker could not load the model: {warming['model_error']}")
+            for proc, _ in self.processes:
+                if not proc.is_alive():
+                    raise RuntimeError(f"a reader process stopped before it was ready (exit code {proc.exitcode})")
+            model_ready = self.provider == "none" or bool(warming.get("model_loaded"))
+            if model_ready and all(ready.is_set() for _, ready in self.processes):
+                if self.provider != "none":
+                    say(f"warming    : model loaded in {time.monotonic() - started:.1f} s")
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError("the readers (or the embedding model) were not ready within 300 s")
+
+    def warm_seeded_collections(self, env: dict[str, str]) -> None:
+        from tasks.settings import TaskSettings
+        from worker.app import make_app
+
+        app = make_app(TaskSettings(broker_url=env["SHARED_CACHE_WORKER_BROKER_URL"]))
+        for tenant in TENANTS:
+            for c in range(2):
+                app.send_task("shared_cache.warm_collection", args=[tenant, f"{tenant}-c{c}"], queue="warming")
+        app.close()
+        self.seeded_warm_tasks = len(TENANTS) * 2
+        say(f"warming    : warm_collection sent for the {len(TENANTS) * 2} seeded collections")
+
+    # -- the run ---------------------------------------------------------------------------------
     async def run(self) -> int:
         started = time.monotonic()
+        self.choose_provider()
         redis_url, dsn = self.start_services()
-        seed(dsn, self.args.docs)
-        say(f"schema     : {len(TENANTS)} tenants, 6 collections, 6 agents, {self.args.docs * 3} documents with chunks")
+        chunks = seed(dsn, self.args.docs)
+        say(
+            f"schema     : {len(TENANTS)} tenants, 6 collections, 6 agents, {self.args.docs * len(TENANTS)} documents,"
+            f" {chunks} chunks"
+        )
         env = self.env(redis_url, dsn)
-        self.start_worker(env)
-        await self.wait_for_listener(redis_url)
-        until = time.time() + self.args.duration
-        self.start_readers(redis_url, dsn, until)
+        self.start_workers(env)
+        if self.args.fault != "no-listener":
+            await self.wait_for_listener(redis_url)
+        status = Status(redis_url, PREFIX, self.args.bound_ms)
+        self.start_readers(redis_url, dsn, status)
+        if self.provider != "none":
+            self.start_query_service(redis_url, dsn, status)
+        await self.wait_until_ready(status)
+        until = self.until.value = time.time() + self.args.duration
+        self.go.set()
+        if self.provider != "none":
+            self.warm_seeded_collections(env)
         say(f"ready in {time.monotonic() - started:.1f}s; running for {self.args.duration:.0f}s (Ctrl-C stops)\n")
+        status.started = time.monotonic()
+        writes = await self.watch(dsn, until, status)
+        for proc, _ in self.processes:
+            await asyncio.to_thread(proc.join, 10)
+        await asyncio.sleep(1.2)  # the last stats reports and the listener's status land
+        if self.provider != "none":
+            await self.drain_warming(status)
+        final = status.collect()
+        status.close()
+        for line in status.summary(final, writes, self.provider != "none"):
+            say(line)
+        if final["stale"]:
+            say(f"FAILED: {final['stale']:,} stale reads")
+            slow = final["commit_to_evict"] and final["commit_to_evict"][1] > self.args.bound_ms
+            if slow and not self.args.fault:
+                say(
+                    f"        commit->evict p99 was {final['commit_to_evict'][1]:,.0f} ms, above the bound:"
+                    " this machine is too busy for it (rerun when it is calmer, or with a larger --bound-ms)"
+                )
+            return 1
+        return 0 if final["reads"] > 0 else 1
+
+    async def watch(self, dsn: str, until: float, status: Status) -> Writes:
+        """Run the writer while the status lines refresh (in place on a terminal, every 5 s if not)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        status = Status(redis_url)
-        writer = asyncio.create_task(self.write(dsn, until, stop))
+        writer = asyncio.create_task(write(dsn, self.args.docs, self.args.write_interval, until, stop))
         tty = sys.stdout.isatty()
         last_print = 0.0
+        shown = 0
         while time.time() < until and not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-            snapshot = status.collect()
-            if tty:
-                print("\r\x1b[2K" + Status.line(snapshot), end="", flush=True)
+            lines = status.lines(status.collect())
+            if tty:  # redrawn in place: each line cut to the terminal's width, so none wraps
+                width = shutil.get_terminal_size().columns - 1
+                lines = [line[:width] for line in lines]
+                up = f"\x1b[{shown}A" if shown else ""
+                print(up + "".join(f"\r\x1b[2K{line}\n" for line in lines), end="", flush=True)
+                shown = len(lines)
             elif time.monotonic() - last_print >= 5:
-                say(Status.line(snapshot))
+                for line in lines:
+                    say(line)
                 last_print = time.monotonic()
         stop.set()
-        writes = await writer
-        for proc in self.readers:
-            proc.join(5)
-        await asyncio.sleep(1.2)  # the last stats reports and the listener's status land
-        final = status.collect()
-        if tty:
-            print()
-        self.summary(final, writes)
-        return 0 if final["reads"] > 0 else 1
+        return await writer
+
+    async def drain_warming(self, status: Status, within: float = 60.0) -> None:
+        """Let the warming worker finish the tasks queued during the run (up to ``within`` seconds),
+        so the summary counts all the warming the run caused."""
+        started = time.monotonic()
+        told = 0.0
+        while time.monotonic() - started < within:
+            s = status.collect()
+            sent = s["warm_sent"] + self.seeded_warm_tasks
+            done = s["warming"].get("tasks", 0) + s["warming"].get("failed", 0)
+            if done >= sent:
+                return
+            if time.monotonic() - told >= 10:
+                told = time.monotonic()
+                say(f"warming    : finishing the queue: {done:,} of {sent:,} warming tasks done")
+            await asyncio.sleep(0.5)
+        say(f"warming    : {within:.0f} s later the warming queue was not empty; the summary counts what was done")
 
     async def wait_for_listener(self, redis_url: str) -> None:
         import redis
@@ -321,30 +304,15 @@ class Demo:
             await asyncio.sleep(0.1)
         client.close()
 
-    def summary(self, s: dict[str, Any], writes: int) -> None:
-        total = max(1, s["reads"])
-        say("summary")
-        say(f"  reads            {s['reads']:,} by {s['readers']} processes")
-        say(
-            f"  served from      memory {s['memory'] / total:.1%}, redis {s['redis'] / total:.1%},"
-            f" database {s['db'] / total:.1%}"
-        )
-        say(f"  writes           {writes:,} row updates committed in Postgres")
-        say(f"  changes seen     {s['changes']:,} (Postgres logical slot)")
-        say(f"  invalidations    {s['invalidations']:,} tasks run by Celery")
-        say(f"  evictions        {s['evictions']:,} memory-tier evictions across the reader processes")
-        if s["commit_to_evict_p50"] is not None:
-            say(f"  commit->evict    p50 {s['commit_to_evict_p50']:.0f} ms, p99 {s['commit_to_evict_p99']:.0f} ms")
-
     def stop(self) -> None:
-        for proc in self.readers:
+        for proc, _ in self.processes:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
         for child in self.children:
             end_process(child, 15)
-        if self.celery is not None:
-            self.celery.stop()
+        for worker in self.workers:
+            worker.stop()
         for server in reversed(self.servers):
             server.cleanup()
         say("stopped: every child process ended, temp directories removed")
@@ -357,14 +325,34 @@ def _mask(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="./run", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds to run the workload (default 60)")
-    parser.add_argument("--readers", type=int, default=3, help="reader processes (default 3)")
+    parser.add_argument("--readers", type=int, default=3, help="document reader processes (default 3)")
     parser.add_argument("--docs", type=int, default=20, help="documents per tenant (default 20)")
     parser.add_argument("--write-interval", type=float, default=0.2, help="seconds between writes (default 0.2)")
+    parser.add_argument(
+        "--bound-ms", type=float, default=1000.0, help="propagation bound of the stale-read check (default 1000)"
+    )
+    parser.add_argument("--no-warming", action="store_true", help="no embedding model, no warming, no query service")
+    parser.add_argument(
+        "--fault",
+        choices=FAULTS,
+        help="break one part on purpose and watch the stale-read check catch it: readers without the"
+        " eviction subscriber, or no listener (writes reach no cache)",
+    )
     args = parser.parse_args(argv)
-    demo = Demo(args)
+    for name in ("duration", "write_interval", "bound_ms"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    for name in ("readers", "docs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    demo = Demo(parse_args(argv))
     try:
         return asyncio.run(demo.run())
     except KeyboardInterrupt:
