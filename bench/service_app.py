@@ -8,6 +8,7 @@ library's own (``SHARED_CACHE_*``) and ``BENCH_SERVICE_DSN`` / ``BENCH_SERVICE_P
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -74,7 +75,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await manager.publish_stats()
+        with contextlib.suppress(Exception):  # Redis away at shutdown: the last report is lost
+            await manager.publish_stats()
         await manager.close()
         await _pool.close()
 

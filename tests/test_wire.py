@@ -209,3 +209,24 @@ def test_a_closed_port_is_fast_and_counted(sync_redis: redis.Redis) -> None:
     assert value == {"v": 1} and metrics["stored"] is False
     assert mgr.stats.errors["redis"] >= 1
     CacheManager._instance = None
+
+
+def test_reads_under_uvloop(redis_url: str) -> None:
+    """Services often run uvloop (uvicorn's default when installed): its transports are not
+    asyncio.Transport subclasses, and the wire must work on them all the same."""
+    uvloop = pytest.importorskip("uvloop")
+    mgr = CacheManager.configure(redis_url=redis_url, key_prefix="uvloop:", breaker_threshold=1)
+
+    async def reads() -> list[object]:
+        out = []
+        for expected in ("db", "redis"):
+            value, metrics = await get_with_cache_aside("document", "d", "t", lambda r, t, c: {"v": 1})
+            out.append((value, metrics["source"] if expected == "db" else metrics["tier"]))
+            assert mgr.memory is not None
+            mgr.memory.clear()
+        await mgr.close()
+        return out
+
+    assert uvloop.run(reads()) == [({"v": 1}, "db"), ({"v": 1}, "redis")]
+    assert mgr.stats.errors.get("redis", 0) == 0 and not mgr.redis.breaker.is_open
+    CacheManager._instance = None
