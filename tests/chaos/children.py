@@ -78,6 +78,16 @@ class Child:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
 
+    def group_states(self) -> dict[int, str]:
+        """State letter of each process in the child's group (``T``: stopped), from /proc."""
+        states = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == self.pid:  # fields: state, ppid, pgrp, ...
+                    states[int(stat.parent.name)] = fields[0]
+        return states
+
     def output(self) -> str:
         """This incarnation's output so far."""
         with self.log.open("rb") as handle:

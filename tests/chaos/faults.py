@@ -60,42 +60,46 @@ def kill_hung_celery_after_push(system: ChaosSystem, report: ScenarioReport, rng
     killed before it could record it as unacknowledged."""
     writer = system.writer
     writer.pause()
-    wait_broker_idle(system)
-    (row,) = fault_rows(system, rng, 1)
-    for reader in system.readers:
-        reader.check()  # every reader now holds every row in its memory tier, this one included
     hung_at: float | None = None
-    commit: Commit | None = None
+    handed: tuple[int, Commit] | None = None
     for attempt in range(1, WORST_MOMENT_ATTEMPTS + 1):
+        wait_broker_idle(system)
+        (row,) = fault_rows(system, rng, 1)  # a row of its own each time: an earlier task may have run
+        for reader in system.readers:
+            reader.check()  # every reader now holds every row in its memory tier, this one included
         wait_for(lambda: probes.consumer_blocked(system.broker_url), 30, "the worker's consumer waits in BRPOP")
         stopped = system.kill(system.celery, signal.SIGSTOP)
         hung_at = hung_at or stopped
+        states = system.celery.group_states()
         commit = writer.commit_one(row)
-        system.timeline.mark(f"committed row {row} v{commit.version} (attempt {attempt})", at=commit.at)
+        system.timeline.mark(f"committed row {row} v{commit.version} (attempt {attempt}); worker: {states}", commit.at)
         pushed = wait_for(
             lambda c=commit: probes.slot_confirmed_past(system.pg.dsn, system.slot, c.lsn),
             30,
             "the listener confirms the commit (its task accepted by the broker)",
         )
         queued, unacked = probes.broker_backlog(system.broker_url)
-        system.timeline.mark(f"listener confirmed the slot past it; broker: {queued} queued, {unacked} unacked", pushed)
+        system.timeline.mark(
+            f"listener confirmed the slot past it; broker: {queued} queued, {unacked} unacked"
+            f" {probes.unacked_tasks(system.broker_url) if unacked else ''}",
+            pushed,
+        )
         if (queued, unacked) == (0, 0):
             system.timeline.mark("the task was handed to the hung consumer (nothing queued, nothing unacked)")
+            handed = (row, commit)
             break
-        system.timeline.mark("the consumer's BRPOP had timed out: the task is still queued; again")
+        system.timeline.mark("the task did not reach the hung consumer; the worker goes on, and again")
         system.celery.signal_group(signal.SIGCONT)
-        wait_broker_idle(system)
-        commit = None
     killed = system.kill(system.celery)
     sleep_until(killed + RESTART_AFTER_S)
     restarted = system.start_celery()
     writer.resume()
     assert hung_at is not None
     system.recovery("Celery worker hung, handed a task, then SIGKILL", hung_at, restarted)
-    if commit is None:
+    if handed is None:
         report.failures.append(f"harness: the task never reached the hung consumer in {WORST_MOMENT_ATTEMPTS} tries")
         return None
-    return expect_invalidation(row, commit, killed, "the task handed to the hung worker")
+    return expect_invalidation(*handed, killed, "the task handed to the hung worker")
 
 
 def expect_invalidation(row: int, commit: Commit, after: float, what: str) -> Followup:
@@ -145,9 +149,10 @@ def restart_redis(system: ChaosSystem) -> tuple[float, float]:
     return stopped, restarted
 
 
-def restart_redis_under_load(system: ChaosSystem, report: ScenarioReport, rng: random.Random) -> Followup | None:
+def restart_redis_in_burst(system: ChaosSystem, report: ScenarioReport, rng: random.Random) -> Followup | None:
+    start_burst(system, rng)  # tasks are in the worker's hands when Redis goes
     stopped, restarted = restart_redis(system)
-    system.recovery("Redis restarted under load", stopped, restarted)
+    system.recovery("Redis restarted in a burst", stopped, restarted)
     return every_reader_resubscribed(stopped)
 
 

@@ -23,7 +23,9 @@ class ChaosMode:
     between_s: float  # workload after each recovery (and before the next injection)
     repeats: int  # injections of the fault in one run
     burst: int  # updates of a burst (distinct rows, one transaction each)
-    write_gap_s: tuple[float, float]  # pause between two background updates (uniform)
+    # pause between two background updates (uniform): about 10 a second, well under what one Celery
+    # worker with two pool processes takes on a small shared machine, so a backlog drains
+    write_gap_s: tuple[float, float]
     read_gap_s: tuple[float, float]  # pause between two reads of a reader (uniform)
 
 
@@ -37,8 +39,8 @@ SHORT = ChaosMode(
     between_s=3.0,
     repeats=1,
     burst=200,
-    write_gap_s=(0.01, 0.04),
-    read_gap_s=(0.0, 0.004),
+    write_gap_s=(0.05, 0.15),
+    read_gap_s=(0.001, 0.006),
 )
 LONG = ChaosMode(
     name="long",
@@ -50,8 +52,8 @@ LONG = ChaosMode(
     between_s=8.0,
     repeats=5,
     burst=200,
-    write_gap_s=(0.005, 0.03),
-    read_gap_s=(0.0, 0.003),
+    write_gap_s=(0.04, 0.12),
+    read_gap_s=(0.001, 0.005),
 )
 
 

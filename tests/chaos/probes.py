@@ -3,6 +3,8 @@ connections Redis sees and which process holds them."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 from pathlib import Path
 
@@ -17,6 +19,20 @@ def broker_backlog(broker_url: str) -> tuple[int, int]:
     with redis.Redis.from_url(broker_url, socket_timeout=5) as client:
         queued = sum(int(client.llen(key)) for key in client.scan_iter(match=f"{QUEUE}*", _type="list"))
         return queued, int(client.hlen("unacked"))
+
+
+def unacked_tasks(broker_url: str) -> list[str]:
+    """Id and arguments of each task delivered to a worker and not acknowledged (kombu's hash)."""
+    import orjson
+
+    found = []
+    with redis.Redis.from_url(broker_url, socket_timeout=5) as client:
+        for raw in client.hvals("unacked"):
+            with contextlib.suppress(Exception):
+                message = orjson.loads(raw)[0]
+                body = orjson.loads(base64.b64decode(message["body"]))
+                found.append(f"{message['headers'].get('id')} {body[0][:2]}")
+    return found
 
 
 def consumer_blocked(broker_url: str) -> list[dict[str, str]]:

@@ -20,7 +20,7 @@ from tests.chaos.checks import BOUNDS_S, reads_within, rows_of, staleness
 from tests.chaos.mode import ChaosMode
 from tests.chaos.reader import SOURCE_CODE
 from tests.chaos.report import ScenarioReport
-from tests.chaos.system import ChaosSystem
+from tests.chaos.system import CATCH_UP_WITHIN_S, ChaosSystem
 from tests.chaos.table import covering_scopes
 from tests.chaos.timeline import stamp
 
@@ -59,8 +59,8 @@ SCENARIOS = {
         ),
         Scenario(
             "redis-restart",
-            "4. Redis (cache and broker): restart, empty, under load",
-            faults.restart_redis_under_load,
+            "4. Redis (cache and broker): restart, empty, in a burst",
+            faults.restart_redis_in_burst,
         ),
         Scenario(
             "redis-restart-task-in-flight",
@@ -135,6 +135,8 @@ def finish(system: ChaosSystem, report: ScenarioReport, followups: list[faults.F
     never = [q for q in report.quiet if q.startswith("NOT")]
     if never:
         report.failures.append(f"work was left undone: {never}")
+    for fault in system.caught_up_late:
+        report.failures.append(f"{fault}: the backlog it held back did not drain within {CATCH_UP_WITHIN_S:.0f} s")
     for followup in followups:
         followup(system, report)
     explain_lost(system, report)

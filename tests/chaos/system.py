@@ -54,6 +54,7 @@ class ChaosSystem:
         self.windows: list[FaultWindow] = []
         self.lost_checks: list[LostCheck] = []
         self.quiet: list[str] = []
+        self.caught_up_late: list[str] = []  # faults whose backlog did not drain within the bound
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> ChaosSystem:
@@ -209,10 +210,14 @@ class ChaosSystem:
         to be processed after ``resumed``, then for the backlog the fault held back to drain."""
         observer = self.observer
         assert observer is not None
-        try:
-            wait_for(lambda: observer.first_change_after(resumed, start), RECOVERY_WITHIN_S, f"recovery: {fault}")
-        except WaitTimeout:
-            self.timeline.mark(f"no change processed within {RECOVERY_WITHIN_S:.0f} s after: {fault}")
+
+        def recovered_yet() -> bool:
+            return observer.first_change_after(resumed, start) is not None or not self.working()
+
+        wait_for(recovered_yet, RECOVERY_WITHIN_S, f"recovery: {fault}", fail=False)
+        if observer.first_change_after(resumed, start) is None:
+            why = "" if self.working() else f" ({self.not_working()})"
+            self.timeline.mark(f"no change processed after: {fault}{why}")
             window = FaultWindow(fault, start, resumed, None, resumed)
             self.windows.append(window)
             return window
@@ -225,9 +230,17 @@ class ChaosSystem:
         except WaitTimeout:
             end = time.time()
             self.timeline.mark(f"NOT caught up within {CATCH_UP_WITHIN_S:.0f} s with the backlog of: {fault}")
+            self.caught_up_late.append(fault)
         window = FaultWindow(fault, start, resumed, recovered, end)
         self.windows.append(window)
         return window
+
+    def working(self) -> bool:
+        return self.celery.alive and self.listener.alive
+
+    def not_working(self) -> str:
+        dead = [c for c in (self.celery, self.listener) if not c.alive]
+        return ", ".join(f"{c.name} exited with code {c.returncode}" for c in dead)
 
     def caught_up(self, last: Commit | None) -> bool:
         """The listener confirmed ``last`` and no task waits in the broker."""
@@ -254,12 +267,16 @@ class ChaosSystem:
             return confirmed and queued == 0 and unacked == 0
 
         began = time.time()
-        try:
-            at: float | None = wait_for(quiet, QUIET_WITHIN_S, "quiet", every=0.1)
-            self.quiet.append(f"quiet after {at - began:.2f} s")  # type: ignore[operator]
-        except WaitTimeout:
-            at = None
-            self.quiet.append(f"NOT quiet after {QUIET_WITHIN_S:.0f} s ({state[0]})")
+        at: float | None = None
+        if not self.working():
+            quiet()  # for the state it reports
+            self.quiet.append(f"NOT quiet: {self.not_working()} ({state[0]})")
+        else:
+            try:
+                at = wait_for(quiet, QUIET_WITHIN_S, "quiet", every=0.1)
+                self.quiet.append(f"quiet after {at - began:.2f} s")
+            except WaitTimeout:
+                self.quiet.append(f"NOT quiet after {QUIET_WITHIN_S:.0f} s ({state[0]})")
         self.timeline.mark(self.quiet[-1])
         return at
 

@@ -46,14 +46,16 @@ class WaitTimeout(AssertionError):
     """A bounded wait ran out; the message says what was awaited."""
 
 
-def wait_for(check: Callable[[], Any], within: float, what: str, every: float = 0.02) -> float:
-    """Poll ``check`` until it returns something truthy; return the time it did. Raise ``WaitTimeout``
-    naming ``what`` after ``within`` seconds."""
+def wait_for(check: Callable[[], Any], within: float, what: str, every: float = 0.02, fail: bool = True) -> float:
+    """Poll ``check`` until it returns something truthy; return the time it did. After ``within``
+    seconds raise ``WaitTimeout`` naming ``what`` (or, with ``fail=False``, return the time)."""
     deadline = time.monotonic() + within
     while True:
         if check():
             return time.time()
         if time.monotonic() >= deadline:
+            if not fail:
+                return time.time()
             raise WaitTimeout(f"not within {within:.0f} s: {what}")
         time.sleep(every)
 
