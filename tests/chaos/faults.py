@@ -6,6 +6,8 @@ check of its own for the end of the run (``Followup``), with what it saw on the 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import signal
 import threading
@@ -15,7 +17,6 @@ from collections.abc import Callable
 import redis
 
 from tests.chaos import probes
-from tests.chaos.checks import FaultWindow
 from tests.chaos.reader import SOURCES
 from tests.chaos.report import ScenarioReport
 from tests.chaos.system import ChaosSystem, wait_broker_idle
@@ -25,6 +26,7 @@ from tests.chaos.writer import Commit
 
 RESTART_AFTER_S = 2.0  # a killed process is started again this long after its kill
 WORST_MOMENT_ATTEMPTS = 5
+REDIS_RESTARTS = 5  # per injection of the Redis restart in a burst
 # Called once the workload stopped and every reader reported: adds failures and evidence.
 Followup = Callable[[ChaosSystem, ScenarioReport], None]
 
@@ -36,21 +38,24 @@ def fault_rows(system: ChaosSystem, rng: random.Random, count: int) -> list[int]
     return rng.sample(candidates, min(count, len(candidates)))
 
 
-def start_burst(system: ChaosSystem, rng: random.Random) -> list[int]:
-    """Start a burst of updates of distinct rows; return once half of it is committed."""
+def start_burst(system: ChaosSystem, rng: random.Random) -> float:
+    """Start a burst of updates of distinct rows; return when it began, once half of it is committed.
+
+    The burst belongs to the fault (its window starts with the burst): a burst on a small machine
+    can hold changes back longer than the staleness bound by itself."""
     rows = fault_rows(system, rng, system.mode.burst)
-    system.timeline.mark(f"burst of {len(rows)} updates begins")
+    began = system.timeline.mark(f"burst of {len(rows)} updates begins")
     system.writer.burst(rows)
     wait_for(lambda: system.writer.burst_left <= len(rows) // 2, 60, "half the burst committed", every=0.005)
-    return rows
+    return began
 
 
 # -- 1. the Celery invalidation worker ------------------------------------------------------------
 def kill_celery_in_burst(system: ChaosSystem, report: ScenarioReport, rng: random.Random) -> Followup | None:
-    start_burst(system, rng)
+    began = start_burst(system, rng)
     killed = system.kill(system.celery)
     sleep_until(killed + RESTART_AFTER_S)
-    system.recovery("SIGKILL of the Celery worker in a burst", killed, system.start_celery())
+    system.recovery("SIGKILL of the Celery worker in a burst", began, killed, system.start_celery())
     return None
 
 
@@ -95,7 +100,7 @@ def kill_hung_celery_after_push(system: ChaosSystem, report: ScenarioReport, rng
     restarted = system.start_celery()
     writer.resume()
     assert hung_at is not None
-    system.recovery("Celery worker hung, handed a task, then SIGKILL", hung_at, restarted)
+    system.recovery("Celery worker hung, handed a task, then SIGKILL", hung_at, hung_at, restarted)
     if handed is None:
         report.failures.append(f"harness: the task never reached the hung consumer in {WORST_MOMENT_ATTEMPTS} tries")
         return None
@@ -121,22 +126,22 @@ def expect_invalidation(row: int, commit: Commit, after: float, what: str) -> Fo
 
 # -- 2. the listener ------------------------------------------------------------------------------
 def kill_listener_in_burst(system: ChaosSystem, report: ScenarioReport, rng: random.Random) -> Followup | None:
-    start_burst(system, rng)
+    began = start_burst(system, rng)
     killed = system.kill(system.listener)
     sleep_until(killed + RESTART_AFTER_S)
-    system.recovery("SIGKILL of the listener in a burst", killed, system.start_listener())
+    system.recovery("SIGKILL of the listener in a burst", began, killed, system.start_listener())
     return None
 
 
 # -- 3. Postgres ----------------------------------------------------------------------------------
 def restart_postgres_in_burst(system: ChaosSystem, report: ScenarioReport, rng: random.Random) -> Followup | None:
-    start_burst(system, rng)
+    began = start_burst(system, rng)
     stopped = system.timeline.mark("Postgres: fast shutdown")
     system.pg.stop()
     restarted = system.timeline.mark("Postgres is down; starting it again")
     system.pg.start()
     system.timeline.mark("Postgres accepts connections again")
-    system.recovery("Postgres restarted (fast shutdown) in a burst", stopped, restarted)
+    system.recovery("Postgres restarted (fast shutdown) in a burst", began, stopped, restarted)
     return None
 
 
@@ -150,10 +155,39 @@ def restart_redis(system: ChaosSystem) -> tuple[float, float]:
 
 
 def restart_redis_in_burst(system: ChaosSystem, report: ScenarioReport, rng: random.Random) -> Followup | None:
-    start_burst(system, rng)  # tasks are in the worker's hands when Redis goes
-    stopped, restarted = restart_redis(system)
-    system.recovery("Redis restarted in a burst", stopped, restarted)
-    return every_reader_resubscribed(stopped)
+    """Redis restarts in a burst while the worker executes a task, several times in a row (the worker
+    notices a lost broker on whichever of its connections it reads first, and the paths differ).
+    Its pool processes are held (SIGSTOP, as a slow task would hold them) until the worker took a
+    task it cannot acknowledge, then Redis restarts, then the pool goes on."""
+    began = start_burst(system, rng)
+    first_stop = 0.0
+    for n in range(1, REDIS_RESTARTS + 1):
+        pool = [pid for pid in system.celery.group_states() if pid != system.celery.pid]
+        for pid in pool:
+            os.kill(pid, signal.SIGSTOP)
+        system.timeline.mark(f"SIGSTOP to the Celery pool processes {pool}: tasks stay in execution")
+        held = wait_for(lambda: worker_holds_one(system), 30, "the worker holds a task and waits for the next")
+        system.timeline.mark(f"the worker holds tasks: {probes.unacked_tasks(system.broker_url)[:2]}", at=held)
+        stopped, restarted = restart_redis(system)
+        first_stop = first_stop or stopped
+        for pid in pool:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        system.timeline.mark("SIGCONT to the Celery pool processes")
+        window = system.recovery(f"Redis restart {n} in a burst, tasks in execution", began, stopped, restarted)
+        if window.recovered is None:
+            break  # no worker left to try again with
+        began = window.end
+        system.writer.burst(fault_rows(system, rng, system.mode.burst // 4))  # tasks to hold next time
+    return every_reader_resubscribed(first_stop)
+
+
+def worker_holds_one(system: ChaosSystem) -> bool:
+    """The worker holds one task (delivered, not acknowledged), more wait, and it may take one more:
+    its consumer waits in BRPOP while its pub/sub connection (remote control) listens. A lost
+    broker then shows on either connection first; through the pub/sub one the worker has crashed."""
+    queued, unacked = probes.broker_backlog(system.broker_url)
+    return queued > 0 and unacked == 1
 
 
 def restart_redis_with_a_task_in_flight(
@@ -177,7 +211,7 @@ def restart_redis_with_a_task_in_flight(
     system.timeline.mark(f"its task waits in the broker ({queued} queued); readers serve {held} (before: {before})")
     if any(version != commit.version - 1 or source != "memory" for version, source in held):
         report.failures.append(f"harness: readers did not all hold row {row} v{commit.version - 1} in memory: {held}")
-    _, restarted = restart_redis(system)
+    stopped, restarted = restart_redis(system)
     for reader in system.readers:
         wait_for(lambda r=reader: r.stats()["subscribed"], 30, f"{reader.config.name} subscribes again")
     after = [reader.check()[row] for reader in system.readers]
@@ -190,7 +224,7 @@ def restart_redis_with_a_task_in_flight(
             )
     system.start_celery()
     writer.resume()
-    system.recovery("Redis restarted with a task in flight", stopped_worker, restarted)
+    system.recovery("Redis restarted with a task in flight", stopped_worker, stopped, restarted)
     return expect_invalidation(row, commit, restarted, "the invalidation in flight when Redis restarted")
 
 
@@ -217,13 +251,13 @@ def kill_subscriber_connection(system: ChaosSystem, report: ScenarioReport, rng:
     if len(found) != 1:
         report.failures.append(f"harness: expected one subscriber connection of {reader.config.name}, found {found}")
         return None
-    start_burst(system, rng)  # evictions are flowing when the connection goes
+    began = start_burst(system, rng)  # evictions are flowing when the connection goes
     with redis.Redis.from_url(system.redis.url) as client:
         killed = system.timeline.mark(f"CLIENT KILL ID {found[0]['id']} ({reader.config.name}'s subscriber)")
         client.client_kill_filter(_id=found[0]["id"])
     back = wait_for(lambda: reader.stats()["connects"] > connects, 30, f"{reader.config.name} subscribes again")
     system.timeline.mark(f"{reader.config.name} subscribed again", at=back)
-    system.windows.append(FaultWindow("CLIENT KILL of a reader's subscriber", killed, killed, back, back))
+    system.recovery("CLIENT KILL of a reader's subscriber in a burst", began, killed, killed, recovered=back)
     return None
 
 
@@ -241,7 +275,7 @@ def pause_redis(system: ChaosSystem, report: ScenarioReport, rng: random.Random)
     threading.Thread(target=sleep_redis, daemon=True).start()
     resumed = wait_for(done.is_set, seconds + 30, "Redis answers again")
     system.timeline.mark("Redis answers again", at=resumed)
-    system.recovery(f"Redis paused {seconds} s", paused, resumed)
+    system.recovery(f"Redis paused {seconds} s", paused, paused, resumed)
     return reads_went_on(paused, resumed)
 
 

@@ -33,6 +33,7 @@ class ReaderConfig:
     prefix: str
     channel: str
     rows: int
+    hot_rows: int  # two reads in three are of rows 0..hot_rows-1 (the rows the background updates)
     tenants: int
     read_gap_s: tuple[float, float]
     seed: int
@@ -109,7 +110,8 @@ class Reader:
     async def read_forever(self) -> None:
         low, high = self.config.read_gap_s
         while not self.stopping:
-            row = self.rng.randrange(self.config.rows)
+            hot = self.rng.random() < 2 / 3
+            row = self.rng.randrange(self.config.hot_rows if hot else self.config.rows)
             started = time.time()
             version, source = await self.read(row)
             ended = time.time()

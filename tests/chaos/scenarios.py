@@ -59,7 +59,7 @@ SCENARIOS = {
         ),
         Scenario(
             "redis-restart",
-            "4. Redis (cache and broker): restart, empty, in a burst",
+            "4. Redis (cache and broker): restart, empty, in a burst, while the worker executes a task (5 in a row)",
             faults.restart_redis_in_burst,
         ),
         Scenario(

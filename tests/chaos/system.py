@@ -149,6 +149,7 @@ class ChaosSystem:
             prefix=PREFIX,
             channel=CHANNEL,
             rows=self.mode.rows,
+            hot_rows=self.mode.background_rows,
             tenants=self.mode.tenants,
             read_gap_s=self.mode.read_gap_s,
             seed=self.seed * 1000 + index,
@@ -205,24 +206,33 @@ class ChaosSystem:
         """Let the workload run (readers read, the writer writes) for ``seconds``."""
         time.sleep(seconds)
 
-    def recovery(self, fault: str, start: float, resumed: float) -> FaultWindow:
-        """Record the fault's window: wait (bounded) for the first change committed after ``start``
-        to be processed after ``resumed``, then for the backlog the fault held back to drain."""
+    def recovery(
+        self, fault: str, start: float, injected: float, resumed: float, recovered: float | None = None
+    ) -> FaultWindow:
+        """Record the fault's window, from ``start`` (the fault's burst, or the fault itself): wait
+        (bounded) for the first change committed after ``injected`` to be processed after ``resumed``
+        (unless the fault knows its own ``recovered``), then for the backlog it held back to drain."""
         observer = self.observer
         assert observer is not None
+        if recovered is not None:
+            return self.catch_up(fault, start, resumed, recovered)
 
         def recovered_yet() -> bool:
-            return observer.first_change_after(resumed, start) is not None or not self.working()
+            return observer.first_change_after(resumed, injected) is not None or not self.working()
 
         wait_for(recovered_yet, RECOVERY_WITHIN_S, f"recovery: {fault}", fail=False)
-        if observer.first_change_after(resumed, start) is None:
+        if observer.first_change_after(resumed, injected) is None:
             why = "" if self.working() else f" ({self.not_working()})"
             self.timeline.mark(f"no change processed after: {fault}{why}")
             window = FaultWindow(fault, start, resumed, None, resumed)
             self.windows.append(window)
             return window
-        recovered = observer.first_change_after(resumed, start) or resumed
+        recovered = observer.first_change_after(resumed, injected) or resumed
         self.timeline.mark(f"first change processed again after: {fault} ({recovered - resumed:.2f} s)", at=recovered)
+        return self.catch_up(fault, start, resumed, recovered)
+
+    def catch_up(self, fault: str, start: float, resumed: float, recovered: float) -> FaultWindow:
+        """Wait (bounded) until the changes committed before ``resumed`` went through; record the window."""
         before = [c for c in self.writer.snapshot() if c.at < resumed]
         try:
             end = wait_for(lambda: self.caught_up(before[-1] if before else None), CATCH_UP_WITHIN_S, "catching up")
