@@ -26,7 +26,7 @@ from tests.chaos.writer import Commit
 
 RESTART_AFTER_S = 2.0  # a killed process is started again this long after its kill
 WORST_MOMENT_ATTEMPTS = 5
-REDIS_RESTARTS = 5  # per injection of the Redis restart in a burst
+REDIS_RESTARTS = 5  # per injection of the Redis restart while a task runs
 # Called once the workload stopped and every reader reported: adds failures and evidence.
 Followup = Callable[[ChaosSystem, ScenarioReport], None]
 
@@ -154,40 +154,36 @@ def restart_redis(system: ChaosSystem) -> tuple[float, float]:
     return stopped, restarted
 
 
-def restart_redis_in_burst(system: ChaosSystem, report: ScenarioReport, rng: random.Random) -> Followup | None:
-    """Redis restarts in a burst while the worker executes a task, several times in a row (the worker
-    notices a lost broker on whichever of its connections it reads first, and the paths differ).
-    Its pool processes are held (SIGSTOP, as a slow task would hold them) until the worker took a
-    task it cannot acknowledge, then Redis restarts, then the pool goes on."""
-    began = start_burst(system, rng)
+def restart_redis_while_a_task_runs(system: ChaosSystem, report: ScenarioReport, rng: random.Random) -> Followup | None:
+    """Redis restarts while the worker executes a task and waits in BRPOP for the next, several
+    times in a row (a lost broker shows on whichever of the worker's connections it reads first,
+    and the paths differ). Its pool processes are held (SIGSTOP, as a slow task would hold them),
+    one update is committed, and once the worker holds its task Redis restarts; then the pool
+    goes on."""
     first_stop = 0.0
     for n in range(1, REDIS_RESTARTS + 1):
+        system.writer.pause()
+        wait_broker_idle(system)
         pool = [pid for pid in system.celery.group_states() if pid != system.celery.pid]
         for pid in pool:
             os.kill(pid, signal.SIGSTOP)
-        system.timeline.mark(f"SIGSTOP to the Celery pool processes {pool}: tasks stay in execution")
-        held = wait_for(lambda: worker_holds_one(system), 30, "the worker holds a task and waits for the next")
-        system.timeline.mark(f"the worker holds tasks: {probes.unacked_tasks(system.broker_url)[:2]}", at=held)
+        held_at = system.timeline.mark(f"SIGSTOP to the Celery pool processes {pool}: a task stays in execution")
+        (row,) = fault_rows(system, rng, 1)
+        commit = system.writer.commit_one(row)
+        system.timeline.mark(f"committed row {row} v{commit.version}", at=commit.at)
+        held = wait_for(lambda: probes.broker_backlog(system.broker_url) == (0, 1), 30, "the worker holds the task")
+        system.timeline.mark(f"the worker holds {probes.unacked_tasks(system.broker_url)}", at=held)
         stopped, restarted = restart_redis(system)
         first_stop = first_stop or stopped
         for pid in pool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         system.timeline.mark("SIGCONT to the Celery pool processes")
-        window = system.recovery(f"Redis restart {n} in a burst, tasks in execution", began, stopped, restarted)
+        system.writer.resume()
+        window = system.recovery(f"Redis restart {n} while a task runs", held_at, stopped, restarted)
         if window.recovered is None:
             break  # no worker left to try again with
-        began = window.end
-        system.writer.burst(fault_rows(system, rng, system.mode.burst // 4))  # tasks to hold next time
     return every_reader_resubscribed(first_stop)
-
-
-def worker_holds_one(system: ChaosSystem) -> bool:
-    """The worker holds one task (delivered, not acknowledged), more wait, and it may take one more:
-    its consumer waits in BRPOP while its pub/sub connection (remote control) listens. A lost
-    broker then shows on either connection first; through the pub/sub one the worker has crashed."""
-    queued, unacked = probes.broker_backlog(system.broker_url)
-    return queued > 0 and unacked == 1
 
 
 def restart_redis_with_a_task_in_flight(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import psycopg
@@ -22,16 +23,19 @@ def broker_backlog(broker_url: str) -> tuple[int, int]:
 
 
 def unacked_tasks(broker_url: str) -> list[str]:
-    """Id and arguments of each task delivered to a worker and not acknowledged (kombu's hash)."""
+    """Each task delivered to a worker and not acknowledged (kombu's hash and index): its id, how
+    long ago it was delivered, and its arguments."""
     import orjson
 
     found = []
     with redis.Redis.from_url(broker_url, socket_timeout=5) as client:
-        for raw in client.hvals("unacked"):
+        delivered = {tag: at for tag, at in client.zrange("unacked_index", 0, -1, withscores=True)}
+        for tag, raw in client.hgetall("unacked").items():
             with contextlib.suppress(Exception):
                 message = orjson.loads(raw)[0]
                 body = orjson.loads(base64.b64decode(message["body"]))
-                found.append(f"{message['headers'].get('id')} {body[0][:2]}")
+                age = time.time() - delivered.get(tag, time.time())
+                found.append(f"{message['headers'].get('id')} delivered {age:.1f} s ago {body[0][:2]}")
     return found
 
 

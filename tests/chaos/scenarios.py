@@ -59,8 +59,8 @@ SCENARIOS = {
         ),
         Scenario(
             "redis-restart",
-            "4. Redis (cache and broker): restart, empty, in a burst, while the worker executes a task (5 in a row)",
-            faults.restart_redis_in_burst,
+            "4. Redis (cache and broker): restart, empty, while the worker executes a task (5 in a row)",
+            faults.restart_redis_while_a_task_runs,
         ),
         Scenario(
             "redis-restart-task-in-flight",

@@ -8,6 +8,7 @@ started per scenario and always stopped, whatever happened. Each process logs to
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -125,8 +126,6 @@ class ChaosSystem:
 
     @property
     def env(self) -> dict[str, str]:
-        import os
-
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHARED_CACHE_")}
         return env | {
             "PYTHONUNBUFFERED": "1",
@@ -274,6 +273,8 @@ class ChaosSystem:
                 state[0] = f"cannot look: {exc!r}"
                 return False
             state[0] = f"slot confirmed past the last commit: {confirmed}; tasks queued {queued}, unacked {unacked}"
+            if unacked:
+                state[0] += f" {probes.unacked_tasks(self.broker_url)}"
             return confirmed and queued == 0 and unacked == 0
 
         began = time.time()

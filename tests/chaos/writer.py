@@ -121,7 +121,8 @@ class Writer:
     def stop(self, within: float = 30.0) -> None:
         self._burst.clear()
         self._stop.set()
-        self._thread.join(within)
+        if self._thread.is_alive():  # (never started when the system failed to come up)
+            self._thread.join(within)
 
     def last_commit(self) -> Commit | None:
         with self._lock:
