@@ -13,11 +13,12 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 
 import redis
 
 from tests.chaos import probes
-from tests.chaos.reader import SOURCES
+from tests.chaos.reader import SOURCES, ReaderProcess
 from tests.chaos.report import ScenarioReport
 from tests.chaos.system import ChaosSystem, wait_broker_idle
 from tests.chaos.table import covering_scopes
@@ -79,7 +80,7 @@ def kill_hung_celery_after_push(system: ChaosSystem, report: ScenarioReport, rng
         commit = writer.commit_one(row)
         system.timeline.mark(f"committed row {row} v{commit.version} (attempt {attempt}); worker: {states}", commit.at)
         pushed = wait_for(
-            lambda c=commit: probes.slot_confirmed_past(system.pg.dsn, system.slot, c.lsn),
+            partial(probes.slot_confirmed_past, system.pg.dsn, system.slot, commit.lsn),
             30,
             "the listener confirms the commit (its task accepted by the broker)",
         )
@@ -209,7 +210,7 @@ def restart_redis_with_a_task_in_flight(
         report.failures.append(f"harness: readers did not all hold row {row} v{commit.version - 1} in memory: {held}")
     stopped, restarted = restart_redis(system)
     for reader in system.readers:
-        wait_for(lambda r=reader: r.stats()["subscribed"], 30, f"{reader.config.name} subscribes again")
+        wait_for(partial(subscribed, reader), 30, f"{reader.config.name} subscribes again")
     after = [reader.check()[row] for reader in system.readers]
     system.timeline.mark(f"after the restart, readers serve row {row} as {after}")
     for reader, (version, source) in zip(system.readers, after, strict=True):
@@ -222,6 +223,10 @@ def restart_redis_with_a_task_in_flight(
     writer.resume()
     system.recovery("Redis restarted with a task in flight", stopped_worker, stopped, restarted)
     return expect_invalidation(row, commit, restarted, "the invalidation in flight when Redis restarted")
+
+
+def subscribed(reader: ReaderProcess) -> bool:
+    return bool(reader.stats()["subscribed"])
 
 
 def every_reader_resubscribed(since: float) -> Followup:

@@ -40,7 +40,7 @@ class EvictionObserver:
         lost_at: float | None = None
         while not self._stop.is_set():
             client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self.channel)
                 if lost_at is not None:

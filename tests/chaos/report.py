@@ -92,7 +92,7 @@ class ScenarioReport:
     def table_row(self) -> str:
         """A row of the README's reliability table."""
         judged = self.staleness[ASSERTED_BOUND_S].judged if ASSERTED_BOUND_S in self.staleness else 0
-        stale = " / ".join(str(self.stale_at(b)) for b in BOUNDS_S)
+        stale = " / ".join(f"{self.stale_at(b):,}" for b in BOUNDS_S)
         known = [r for r in self.recoveries_s if r is not None]
         if not self.windows:
             recovery = "-"
@@ -104,7 +104,7 @@ class ScenarioReport:
         result = "pass" if self.ok else "**FAIL**"
         return (
             f"| {self.title} | {len(self.windows)} | {judged:,} of {self.reads:,} | {stale} |"
-            f" {self.lost} of {compared:,} | {recovery} | {result} |"
+            f" {self.lost:,} of {compared:,} | {recovery} | {result} |"
         )
 
 
