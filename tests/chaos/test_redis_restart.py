@@ -9,7 +9,9 @@ from collections.abc import Callable
 from tests.chaos.report import ScenarioReport
 
 
-def test_a_redis_restart_in_a_burst_loses_nothing(run_fault: Callable[[str], ScenarioReport]) -> None:
+def test_a_redis_restart_while_the_worker_executes_a_task_loses_nothing(
+    run_fault: Callable[[str], ScenarioReport],
+) -> None:
     report = run_fault("redis-restart")
     assert report.ok, report.explain()
 
