@@ -57,13 +57,15 @@ class Listener:
         self.ready = asyncio.Event()  # set once every source is prepared and pumping
 
     # -- callbacks given to sources ---------------------------------------------------------
-    async def on_dead_letter(self, source: str, raw: str, reason: str) -> None:
+    async def on_dead_letter(self, source: str, raw: str, reason: str) -> bool:
         self.stats["dead_letters"] += 1
         log.warning("dead letter from %s: %s", source, reason)
         try:
             await self.dead_letters.park(source, raw, reason)
         except (aredis.ConnectionError, aredis.TimeoutError, OSError):
             self.stats["dead_letters_lost"] += 1  # Redis is down: counted, and the listener goes on
+            return False
+        return True
 
     async def on_gap(self, source: str, reason: str) -> None:
         """A source may have lost changes: bump, for every known tenant, the types it covers.

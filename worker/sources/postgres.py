@@ -237,7 +237,10 @@ class PostgresLogicalSource:
         await self._conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, position))
         self._confirmed = target
 
-    async def lag_bytes(self) -> int:
+    def counters(self) -> dict[str, int]:
+        return {"received": self.received, "malformed": self.malformed, "reconnects": self.reconnects}
+
+    async def lag_bytes(self) -> int | None:
         """How far the slot's confirmed position is behind the current WAL (for operators)."""
         if self._conn is None:
             self._conn = await self._connect()

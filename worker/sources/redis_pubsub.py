@@ -37,7 +37,11 @@ class RedisPubSubSource:
         self.received = 0
         self.malformed = 0
         self.subscriptions = 0
+        self.reconnects = 0
         self._closed = False
+
+    async def prepare(self) -> None:
+        return None  # the subscription is made by events(): nothing is kept before it anyway
 
     async def events(self) -> AsyncIterator[ChangeEvent]:
         backoff = 0.05
@@ -57,7 +61,7 @@ class RedisPubSubSource:
                             self.received += 1
                             yield event
             except (aredis.ConnectionError, aredis.TimeoutError, OSError):
-                pass  # Redis restarting: reconnect below, and report the gap when subscribed again
+                self.reconnects += 1  # Redis restarting: reconnect below, and report the gap when subscribed again
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
@@ -83,3 +87,14 @@ class RedisPubSubSource:
 
     async def close(self) -> None:
         self._closed = True
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "received": self.received,
+            "malformed": self.malformed,
+            "reconnects": self.reconnects,
+            "subscriptions": self.subscriptions,
+        }
+
+    async def lag_bytes(self) -> int | None:
+        return None  # pub/sub keeps no backlog to lag behind
