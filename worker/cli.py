@@ -621,17 +621,9 @@ def _plan_entry(entry: dict[str, Any], planner: Planner, window: Window) -> str 
 
 def _send_window(celery: Any, window: Window, ws: TaskSettings) -> dict[str, int]:
     """The listener's dispatch: one invalidation task per tenant, warming batches if warming is on."""
-    sent = {"invalidation": 0, "warming": 0}
-    for tenant, scopes, reason, _caused_at in window.invalidation_tasks():
-        celery.send_task(
-            "shared_cache.invalidate", args=[tenant, scopes, f"replay: {reason}", None], queue="invalidation"
-        )
-        sent["invalidation"] += 1
-    if ws.embedding_provider != "none":
-        for tenant, texts in window.warm_tasks(ws.embedding_batch_size):
-            celery.send_task("shared_cache.warm_texts", args=[tenant, texts], queue="warming")
-            sent["warming"] += 1
-    return sent
+    from worker.dispatch import dispatch_window
+
+    return dispatch_window(celery, window, ws, reason_prefix="replay: ")
 
 
 async def _park_again(client: Any, key: str, max_entries: int, items: list[tuple[dict[str, Any], str]]) -> None:

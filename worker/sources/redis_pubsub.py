@@ -74,10 +74,11 @@ class RedisPubSubSource:
         text = raw.decode("utf-8", "replace")
         try:
             event = ChangeEvent.model_validate_json(raw)
-        except ValidationError as exc:
+        except Exception as exc:  # whatever arrives on the channel, the source goes on
             self.malformed += 1
-            errors = exc.errors()
-            detail = errors[0]["msg"] if errors else str(exc)
+            errors = exc.errors() if isinstance(exc, ValidationError) else []
+            detail = errors[0]["msg"] if errors else f"{type(exc).__name__}: {exc}"
+            # At most once: if it cannot be parked either, the listener counts it as lost.
             await self.on_dead_letter(self.name, text, f"invalid ChangeEvent: {detail}")
             return None
         return event.model_copy(update={"source": self.name})

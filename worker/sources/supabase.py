@@ -273,6 +273,22 @@ class SupabaseRealtimeSource:
     async def confirm(self, position: str) -> None:
         """Nothing to do: the feed cannot replay, so there is no position to acknowledge."""
 
+    async def prepare(self) -> None:
+        """Nothing to set up before ``events()``: the subscription starts with it."""
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "received": self.received,
+            "malformed": self.malformed,
+            "reconnects": self.resubscribes,
+            "probe_failures": self.probe_failures,
+            "gaps": self.gaps,
+            "dropped": self.dropped,
+        }
+
+    async def lag_bytes(self) -> int | None:
+        return None  # a realtime feed has no backlog to measure
+
     async def close(self) -> None:
         """Stop the supervisor, leave the channel, close the socket, let pending handlers finish."""
         if self._closed:
