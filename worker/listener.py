@@ -40,6 +40,7 @@ from worker.gaps import ConservativeInvalidator
 from worker.rules import Planned, Planner
 from worker.settings import ListenerSettings
 from worker.sources.base import ChangeSource, qualified
+from worker.sources.postgres import ReplicationSetupError
 from worker.tenants import KnownTenants
 
 log = logging.getLogger("shared_cache.worker")
@@ -161,8 +162,7 @@ class Listener:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         try:
-            for source in self.sources:
-                await source.prepare()
+            await self._prepare(stop)
             await self.tenants.load()
             self._tasks = [self._supervise(f"source-{s.name}", functools.partial(self._pump, s)) for s in self.sources]
             self._tasks.append(self._supervise("redis-watch", self.watch_redis))
@@ -178,6 +178,22 @@ class Listener:
                 log.warning("stopping with %d invalidations not applied yet", self.acks.pending_calls)
         finally:
             await self.close()
+
+    async def _prepare(self, stop: asyncio.Event) -> None:
+        """Prepare every source, retrying while a server is away; an error an operator must fix
+        (``ReplicationSetupError``) is raised at once."""
+        for source in self.sources:
+            backoff = Backoff(first=0.2, cap=10.0)
+            while not stop.is_set():
+                try:
+                    await source.prepare()
+                    break
+                except ReplicationSetupError:
+                    raise
+                except Exception as exc:
+                    delay = backoff.next()
+                    log.warning("%s: cannot prepare (%s); retrying in %.1fs", source.name, self._mask(exc), delay)
+                    await asyncio.sleep(delay)
 
     async def _collect(self, window_s: float) -> list[tuple[ChangeSource, ChangeEvent]]:
         try:
