@@ -118,6 +118,7 @@ class _Window:
     positions: dict[ChangeSource, str]
     calls: dict[str, _Pending]  # receipt -> call not applied yet
     held: list[HeldDeadLetter]
+    sent_at: float
     receipts: list[tuple[str, str]] = field(default_factory=list)  # (tenant, receipt), forgotten when done
 
     @property
@@ -158,6 +159,8 @@ class Acknowledger:
         self.check_batch = check_batch
         self.receipts = ReceiptIssuer()
         self._windows: deque[_Window] = deque()
+        # seconds from sending a window to seeing all of it applied, latest windows (for operators)
+        self.apply_delays: deque[float] = deque(maxlen=1000)
         self._where: dict[str, _Window] = {}
         self._to_confirm: dict[ChangeSource, str] = {}
         self._wake = asyncio.Event()
@@ -186,8 +189,9 @@ class Acknowledger:
         """Start tracking a window whose calls were just sent (each call carries a receipt)."""
         if not (calls or positions or held):
             return
-        deadline = time.monotonic() + self.timeout
-        window = _Window(dict(positions), {}, list(held))
+        now = time.monotonic()
+        deadline = now + self.timeout
+        window = _Window(dict(positions), {}, list(held), now)
         for call in calls:
             if call.receipt is None:
                 raise ValueError(f"a tracked call needs a receipt: {call!r}")
@@ -283,8 +287,10 @@ class Acknowledger:
 
     async def _complete_prefix(self) -> None:
         done: list[tuple[str, str]] = []
+        now = time.monotonic()
         while self._windows and self._windows[0].done:
             window = self._windows.popleft()
+            self.apply_delays.append(now - window.sent_at)
             self._to_confirm.update(window.positions)  # later windows hold later positions
             done += window.receipts
         if done:
