@@ -189,3 +189,32 @@ async def test_a_worker_killed_in_the_middle_of_a_burst_of_200_updates_loses_no_
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_while_no_worker_runs_nothing_is_sent_twice_and_reading_pauses_at_the_bound(
+    pg: PostgresServer, env: dict[str, str], cache: CacheManager
+) -> None:
+    quiet = {**env, "SHARED_CACHE_WORKER_BROKER_URL": env["SHARED_CACHE_REDIS_URL"].rsplit("/", 1)[0] + "/5"}
+    broker = redis.Redis.from_url(quiet["SHARED_CACHE_WORKER_BROKER_URL"])
+    tasks = TaskSettings(broker_url=quiet["SHARED_CACHE_WORKER_BROKER_URL"])
+    settings = ListenerSettings(ack_timeout_s=0.2, max_pending=3)
+    listener = Listener(settings, Planner(DEFAULT_RULES), make_app(tasks), cache, env["SHARED_CACHE_REDIS_URL"], tasks)
+    listener.add_source(PostgresLogicalSource(pg.dsn, Planner(DEFAULT_RULES).tables, slot="ack_quiet"))
+    stop = asyncio.Event()
+    run = await listener.start(stop, within=30)
+    try:
+        for i in range(6):  # six tenants, six transactions apart (six windows), never applied
+            execute(pg, "INSERT INTO documents VALUES (%s, %s, 'c1', 'v0')", f"quiet{i}", f"q{i}")
+            await asyncio.sleep(0.3)
+        await wait_until(lambda: listener.counters.invalidation_tasks >= 3, within=20)
+        await asyncio.sleep(3.0)  # fifteen ack timeouts
+        sent = listener.counters.invalidation_tasks
+        assert sent == 3  # it stopped reading once 3 were unapplied...
+        assert listener.counters.backpressure_waits >= 1
+        assert listener.counters.resent == 0  # ...and sent none of them again: they are still queued
+        assert broker.llen("invalidation") == sent
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 30)
+        broker.flushdb()
+        broker.close()

@@ -99,8 +99,8 @@ def queued(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
     messages = []
     for raw in reversed(broker.lrange(queue, 0, -1)):
         envelope = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-        messages.append({"task": envelope["headers"]["task"], "args": args})
+        args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        messages.append({"task": envelope["headers"]["task"], "args": args, **({"kwargs": kwargs} if kwargs else {})})
     return messages
 
 
@@ -399,7 +399,9 @@ async def test_dead_letters_list_and_replay(env: dict[str, str], redis_url: str,
     assert broker.llen("invalidation") == before + 1
     (task,) = queued(broker, "invalidation")[before:]
     scopes = sorted(list(s) for s in agent_scopes("acme", "a1"))
-    assert task == {"task": "shared_cache.invalidate", "args": ["acme", scopes, "replay: agents UPDATE", None]}
+    wire = {"tenant_id": "acme", "scopes": scopes, "reason": "replay: agents UPDATE", "caused_at": None}
+    wire["receipt"] = None
+    assert task == {"task": "shared_cache.invalidate", "args": [], "kwargs": wire}
     assert sync_redis.sismember(Keyspace(env["SHARED_CACHE_KEY_PREFIX"]).worker_tenants, "acme")
 
     left = as_json(await run(env, "--json", "dead-letters", "list"))

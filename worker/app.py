@@ -53,6 +53,11 @@ def make_app(settings: TaskSettings | None = None) -> Celery:
         task_routes=TASK_ROUTES,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        # A task running when the broker connection drops goes on and does its work (Celery 6 will
+        # cancel it instead, and its message is lost when Redis restarted empty: the listener would
+        # send an invalidation again, but not a warming or reclaim call). Celery logs a pending
+        # deprecation notice about this choice on each connection loss.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         beat_schedule=beat_schedule(settings),
     )
