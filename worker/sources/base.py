@@ -43,7 +43,9 @@ class ChangeSource(Protocol):
     - ``tables``: the watched tables, always qualified ``schema.table`` (see :func:`qualified`).
     - ``prepare()``: connect and set up what the source needs (a slot) before the listener reports
       ready; raises an error an operator can act on when that is impossible.
-    - ``events()``: the changes, in the source's order, until ``close()``. One consumer only.
+    - ``events()``: the changes, in the source's order, until ``close()``. One consumer only. If
+      iterating raises, the listener calls ``events()`` again after a backoff: a durable source goes
+      on after what it yielded (or confirmed), an at-most-once one subscribes again (a gap).
     - ``confirm(position)``: the listener calls it with the ``position`` of the last event of a
       window once every invalidation of that window and of all windows before it was applied in
       Redis (end to end, not when the broker accepted the task). Positions only move forward.
