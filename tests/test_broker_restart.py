@@ -11,6 +11,7 @@ drops what it held when its eviction subscription comes back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -139,12 +140,13 @@ async def test_after_a_redis_restart_every_memory_tier_drops_what_it_held_and_no
             assert node.read("document", "db", "tb")[0] == {"v": "b1"}
         assert sorted(await cache.redis.client().smembers(cache.keys.worker_tenants)) == [b"ta", b"tb"]
         assert worker.proc is not None and worker.proc.poll() is None
-    finally:
-        stop.set()
-        if run is not None:
-            await asyncio.wait_for(run, 30)
-        for node in nodes:
-            node.stop()
-        worker.stop()
-        await cache.close()
-        pg.cleanup()
+    finally:  # every step runs, whatever the one before it raised: no process outlives the test
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(pg.cleanup)
+            cleanup.callback(worker.stop)
+            for node in nodes:
+                cleanup.callback(node.stop)
+            stop.set()
+            if run is not None:
+                await asyncio.wait_for(run, 30)
+            await cache.close()
