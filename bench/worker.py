@@ -87,6 +87,15 @@ async def _latency_round(
         confirm_when_accepted(listener)
     commits: list[float] = []
     try:
+        with psycopg.connect(dsn, autocommit=True) as conn:  # a new listener's first send connects: not timed
+            conn.execute("UPDATE documents SET title = title || '+' WHERE id = 'd2'")
+        warm = [len(node.stats()["eviction_times"]) for node in nodes]
+        deadline = time.monotonic() + 10
+        while any(len(n.stats()["eviction_times"]) <= w for n, w in zip(nodes, warm, strict=True)):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        listener.acks.apply_delays.clear()
         before = [len(node.stats()["eviction_times"]) for node in nodes]
         with psycopg.connect(dsn, autocommit=True) as conn:
             for _ in range(updates):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -134,7 +135,10 @@ class PostgresLogicalSource:
         self.on_dead_letter = on_dead_letter
         self._conn: Any = None
         self._seen = 0  # end LSN of the last transaction yielded (peek re-reads unconfirmed ones)
-        self._confirmed = 0
+        self._confirmed = 0  # what the slot was advanced to
+        self._target = 0  # what the listener confirmed: the slot is advanced to it between polls
+        self._target_lsn = ""
+        self._advanced_at = 0.0
         self.received = 0
         self.reconnects = 0
         self.malformed = 0
@@ -191,6 +195,7 @@ class PostgresLogicalSource:
         refused = Backoff(first=0.5, cap=30.0)
         while not self._closed:
             try:
+                await self._advance(idle=False)
                 rows = await self._peek()
                 backoff.reset()
             except Exception as exc:
@@ -217,6 +222,8 @@ class PostgresLogicalSource:
                 await asyncio.sleep(refused.next())
                 continue
             if not released:  # nothing new (what was read is waiting for confirmation): poll later
+                with contextlib.suppress(Exception):  # a failure shows in the next poll, which reconnects
+                    await self._advance(idle=True)
                 await asyncio.sleep(self.poll_interval)
 
     async def _handle(self, lsn: str, data: str, pending: list[ChangeEvent | _Unreadable]) -> list[ChangeEvent]:
@@ -257,14 +264,23 @@ class PostgresLogicalSource:
         self.malformed += 1
 
     async def confirm(self, position: str) -> None:
-        """Advance the slot past ``position`` (a commit's end LSN): those changes are done."""
+        """The changes up to ``position`` (a commit's end LSN) are done: the polling loop advances the
+        slot past it when a poll finds nothing new, or within 0.1 s under steady traffic, and
+        ``close()`` does too. The advance decodes WAL on the connection the polls use, so it is kept
+        off the moment a new change is being read; deferring it only means a crash in between
+        replays changes already applied, which is harmless."""
         target = lsn_to_int(position)
-        if target <= self._confirmed:
+        if target > self._target:
+            self._target, self._target_lsn = target, position
+
+    async def _advance(self, idle: bool) -> None:
+        if self._target <= self._confirmed or (not idle and time.monotonic() - self._advanced_at < 0.1):
             return
         if self._conn is None:
             self._conn = await self._connect()
+        target, position = self._target, self._target_lsn
         await self._conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, position))
-        self._confirmed = target
+        self._confirmed, self._advanced_at = target, time.monotonic()
 
     def counters(self) -> dict[str, int]:
         return {"received": self.received, "malformed": self.malformed, "reconnects": self.reconnects}
@@ -288,4 +304,6 @@ class PostgresLogicalSource:
 
     async def close(self) -> None:
         self._closed = True
+        with contextlib.suppress(Exception):  # best effort: what is not advanced is replayed, harmlessly
+            await self._advance(idle=True)
         await self._drop_connection()
