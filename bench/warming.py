@@ -4,6 +4,9 @@
 2. Warming through ``get_embeddings_batch_with_cache`` on an empty cache (every text a miss, chunks of
    64) vs the bare model on the same chunks: what the cache's lookup + write costs on top of the
    model (goal: warming keeps >= 90% of the bare rate).
+3. The warming task (``tasks.warming.warm``: all of a task's texts in one call, which the model sorts
+   by length before cutting its batches) vs the bare model called once on all the texts, and vs the
+   bare model at batch 1.
 
 python -m bench.warming [--quick]   # standalone, with a Redis server of its own
 """
@@ -157,6 +160,60 @@ async def _run(rows: list[Row], redis_url: str, quick: bool) -> None:
             f"{r_cached:,.0f} texts/s; cache work {overhead_ms:.1f} ms per chunk of {CHUNK}",
             f"same provider called bare on the same chunks: {r_bare:,.0f} texts/s",
             f"{share:.0f}% (median of {repeats} paired runs)" + ("" if share >= 90 else " BELOW GOAL"),
+        )
+    )
+    await _task_rate(rows, redis_url, n, repeats)
+
+
+class _Renamed:
+    """The provider under another model name: a name never cached before makes every text a miss."""
+
+    def __init__(self, inner: LocalSentenceTransformerProvider, model_name: str) -> None:
+        self.inner = inner
+        self.model_name = model_name
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return await self.inner.embed(texts)
+
+    async def __call__(self, texts: list[str]) -> list[list[float]]:
+        return await self.inner.embed(texts)
+
+
+async def _task_rate(rows: list[Row], redis_url: str, n: int, repeats: int) -> None:
+    """(3) the warming task on an empty cache vs the bare model once on all texts vs batch 1."""
+    from tasks.warming import warm
+
+    texts = make_texts(n, seed=11)
+    single = LocalSentenceTransformerProvider(batch_size=1)
+    batched = LocalSentenceTransformerProvider(batch_size=CHUNK)
+    previous = CacheManager._instance
+    manager = CacheManager.configure(redis_url=redis_url, key_prefix="benchtask:")
+    timings: dict[str, list[float]] = {"task": [], "bare": [], "single": []}
+    try:
+        await warm("task_setup", texts[:8], _Renamed(batched, "bench-setup"))  # connections, script, subscriber
+        for rep in range(repeats):
+            order = ["task", "bare", "single"]
+            for side in order[rep % 3 :] + order[: rep % 3]:  # each goes first in turn
+                start = time.perf_counter()
+                if side == "task":
+                    result = await warm(f"task_{rep}", texts, _Renamed(batched, f"bench-task-{rep}-{time.time_ns()}"))
+                    if result["generated"] != n:
+                        raise AssertionError(f"expected {n} misses, got {result}")
+                elif side == "bare":
+                    await asyncio.to_thread(batched.embed_sync, texts)
+                else:
+                    await asyncio.to_thread(single.embed_sync, texts)
+                timings[side].append(time.perf_counter() - start)
+    finally:
+        await manager.close()
+        CacheManager._instance = previous
+    task, bare, one = (_rate(n, timings[side]) for side in ("task", "bare", "single"))
+    rows.append(
+        (
+            f"warming task, {n} mixed-length texts in one call (the model sorts them by length), empty cache",
+            f"{task:,.0f} texts/s",
+            f"bare model once on all {n} texts (batch {CHUNK}): {bare:,.0f} texts/s; batch 1: {one:,.0f} texts/s",
+            f"{task / bare * 100:.0f}% of the bare model; {task / one:.1f}x batch 1 (medians of {repeats})",
         )
     )
 

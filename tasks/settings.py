@@ -37,13 +37,21 @@ class TaskSettings(BaseSettings):
         "none", description="Warming provider: none, local (sentence-transformers) or openai (HTTP API)."
     )
     embedding_model: str = Field("all-MiniLM-L6-v2", description="Model name (also part of cache keys).")
-    embedding_batch_size: int = Field(64, ge=1, description="Texts per provider call when warming.")
+    embedding_batch_size: int = Field(
+        64,
+        ge=1,
+        description="Texts per model batch when warming (the local model sorts a task's texts by length first);"
+        " texts per request to an OpenAI-compatible API.",
+    )
     openai_base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible API base URL.")
     openai_api_key: SecretStr = Field(SecretStr(""), description="API key for the OpenAI-compatible provider.")
     task_time_limit_s: int = Field(120, ge=1, description="Hard time limit of a Celery task.")
     task_max_retries: int = Field(8, ge=0, description="Retries of a failing task (exponential backoff).")
     visibility_timeout_s: int = Field(
         300, ge=1, description="Seconds before an unacknowledged task (its worker died) is delivered again."
+    )
+    reclaim_interval_s: int = Field(
+        3600, ge=0, description="Seconds between reclaim sweeps of invalidated permanent entries (beat; 0 = off)."
     )
     sentry_dsn: SecretStr = Field(SecretStr(""), description="Sentry DSN; empty disables Sentry.")
 

@@ -15,7 +15,7 @@ from celery import shared_task
 from tasks.invalidation import TASK_OPTIONS, invalidate
 
 
-@shared_task(name="tests.slow_invalidate", queue="invalidation", **TASK_OPTIONS)
+@shared_task(name="tests.slow_invalidate", **TASK_OPTIONS)
 def slow_invalidate(tenant_id: str, scopes: list[list[str]], reason: str, marker: str, sleep_s: float) -> int:
     client = redis.Redis.from_url(os.environ["SHARED_CACHE_REDIS_URL"])
     client.rpush(marker, os.getpid())  # one entry per attempt, with the process that ran it

@@ -53,6 +53,6 @@ def queued(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
     messages = []
     for raw in reversed(broker.lrange(queue, 0, -1)):
         envelope = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-        messages.append({"task": envelope["headers"]["task"], "args": args})
+        args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        messages.append({"task": envelope["headers"]["task"], "args": args, **({"kwargs": kwargs} if kwargs else {})})
     return messages

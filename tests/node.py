@@ -15,6 +15,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError
 
 from shared_cache import CacheManager, get_with_cache_aside
 
@@ -31,7 +34,9 @@ async def _serve(
     mgr = CacheManager.configure(
         redis_url=redis_url, key_prefix=prefix, eviction_channel=channel, ttl_jitter=0.0, redis_cluster=cluster
     )
-    table: Any = (aredis.RedisCluster if cluster else aredis.Redis).from_url(redis_url)
+    # The node's own bookkeeping client rides out a Redis restart (it is not the client under test).
+    retry = {"retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 8), "retry_on_error": [ConnectionError, OSError]}
+    table: Any = (aredis.RedisCluster if cluster else aredis.Redis).from_url(redis_url, **retry)
     db: Any = None
     if dsn:  # the documents table of a real Postgres
         import psycopg

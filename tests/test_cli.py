@@ -361,7 +361,9 @@ async def test_dead_letters_list_and_replay(env: dict[str, str], redis_url: str,
     assert broker.llen("invalidation") == before + 1
     (task,) = queued(broker, "invalidation")[before:]
     scopes = sorted(list(s) for s in agent_scopes("acme", "a1"))
-    assert task == {"task": "shared_cache.invalidate", "args": ["acme", scopes, "replay: agents UPDATE", None]}
+    wire = {"tenant_id": "acme", "scopes": scopes, "reason": "replay: agents UPDATE", "caused_at": None}
+    wire["receipt"] = None
+    assert task == {"task": "shared_cache.invalidate", "args": [], "kwargs": wire}
     assert sync_redis.sismember(Keyspace(env["SHARED_CACHE_KEY_PREFIX"]).worker_tenants, "acme")
 
     left = as_json(await run(env, "--json", "dead-letters", "list"))
@@ -396,7 +398,8 @@ async def test_warm_queues_warm_collection(env: dict[str, str]) -> None:
     result = as_json(await run(env, "--json", "warm", "--tenant", "acme", "--collection", "c1"))
     assert broker.llen("warming") == before + 1
     (task,) = queued(broker, "warming")[before:]
-    assert task == {"task": "shared_cache.warm_collection", "args": ["acme", "c1"]} and result["task_id"]
+    wire = {"tenant_id": "acme", "collection_id": "c1"}
+    assert task == {"task": "shared_cache.warm_collection", "args": [], "kwargs": wire} and result["task_id"]
     broker.close()
 
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from tasks.contracts import InvalidateCall
 from worker.coalesce import Window
-from worker.events import ChangeEvent
+from worker.events import ChangeEvent, commit_seconds
 from worker.rules import DEFAULT_RULES, Invalidate, PlanError, Planner, Warm, load_rules
 
 
@@ -72,15 +73,52 @@ def test_bad_events_raise_plan_errors(ev: ChangeEvent, reason: str) -> None:
         planner.plan(ev)
 
 
-def test_burst_of_chunk_updates_coalesces_to_one_task_per_tenant() -> None:
+def test_burst_of_chunk_updates_coalesces_to_one_call_per_tenant() -> None:
     window = Window()
     for i in range(10_000):
         row = {"id": i, "tenant_id": "t1", "document_id": "d1", "collection_id": "c1", "content": f"chunk {i % 50}"}
         window.add(planner.plan(event("document_chunks", record=row)))
-    tasks = window.invalidation_tasks()
-    assert len(tasks) == 1 and tasks[0][0] == "t1" and len(tasks[0][1]) == 2 and tasks[0][3] is None
-    warm = window.warm_tasks(batch_size=64)
-    assert [len(texts) for _, texts in warm] == [50]  # 50 distinct texts, one batch
+    (call,) = window.invalidate_calls()
+    assert call == InvalidateCall(
+        "t1", (("t1", "coll", "c1"), ("t1", "res", "embedding", "d1")), "document_chunks UPDATE", None, None
+    )
+    warm = window.warm_calls(texts_per_call=64)
+    assert [len(c.texts) for c in warm] == [50]  # 50 distinct texts, one call
+    assert [len(c.texts) for c in window.warm_calls(texts_per_call=20)] == [20, 20, 10]
+
+
+def test_an_update_whose_old_row_lacks_its_tenant_still_invalidates_the_new_row() -> None:
+    ev = event("agents", record={"id": "a1", "tenant_id": "t1"}, old={"id": "a1"})
+    planned = planner.plan_parts(ev)
+    scopes = (("t1", "agent", "a1"), ("t1", "res", "agent_config", "a1"))
+    assert planned.actions == [Invalidate("t1", scopes, "agents UPDATE")]
+    assert planned.problems == ["old_record: agents row has no 'tenant_id' column value"]
+    assert planner.plan(ev) == planned.actions  # plan() raises only when nothing can be planned
+    nothing = planner.plan_parts(event("agents", record={"id": "a1"}, old={"id": "a1"}))
+    assert nothing.actions == [] and len(nothing.problems) == 2
+
+
+def test_plan_parts_never_raises_and_names_the_tenant_it_can() -> None:
+    assert planner.plan_parts(event("nope", record={"id": 1})).problems == ["no rule for table public.nope"]
+    assert planner.tenant_of(event("agents", record={"id": "a1", "tenant_id": "t1"}, old={"id": "a1"})) == "t1"
+    assert planner.tenant_of(event("agents", record={"id": "a1", "tenant_id": "t1"}, old={"tenant_id": "t2"})) is None
+    assert planner.tenant_of(event("agents", record={"id": "a1", "tenant_id": "bad tenant"})) is None
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2024-01-02T03:04:05+00:00", 1704164645.0),
+        ("2024-01-02T03:04:05", 1704164645.0),  # no zone: UTC, whatever the machine's zone
+        ("0001-01-01T00:00:00", None),  # datetime.timestamp() raises "year 0 is out of range"
+        ("9999-12-31T23:59:59", None),  # far in the future
+        ("9999-12-31T23:59:59-14:00", None),  # past year 9999 in UTC
+        (None, None),
+    ],
+)
+def test_commit_seconds_never_raises(stamp: str | None, expected: float | None) -> None:
+    ev = ChangeEvent.model_validate({"table": "agents", "type": "INSERT", "commit_timestamp": stamp})
+    assert commit_seconds(ev.commit_timestamp) == expected
 
 
 def test_rules_from_toml(tmp_path: Path) -> None:

@@ -83,3 +83,31 @@ def test_scrub_drops_values() -> None:
     assert "vars" not in cleaned["exception"]["values"][0]["stacktrace"]["frames"][0]
     assert "extra" not in cleaned and cleaned["breadcrumbs"]["values"][0] == {"category": "redis", "message": "SET"}
     assert cleaned["contexts"] == {"runtime": {"name": "CPython"}}
+
+
+def test_exception_messages_and_log_parameters_reach_sentry_scrubbed(collector: str) -> None:
+    code = textwrap.dedent(
+        """
+        import logging
+        import sentry_sdk
+        from tasks.settings import TaskSettings
+        from worker.sentry import init_sentry
+
+        assert init_sentry(TaskSettings(sentry_dsn=DSN, broker_url="redis://:hunter2-secret@127.0.0.1:1/1"))
+        log = logging.getLogger("shared_cache.worker")
+        log.warning("dead letter from %s: %s", "redis", "SECRET-ROW-CONTENT")  # a breadcrumb
+        log.error("could not send %d task calls (%s)", 3, "SECRET-LOG-PARAMETER")  # an event
+        try:
+            raise ValueError("tenant 'SECRET-TENANT' refused by redis://:hunter2-secret@127.0.0.1:1/1")
+        except ValueError:
+            sentry_sdk.capture_exception()
+        sentry_sdk.flush(5)
+        """
+    ).replace("DSN", repr(collector))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    sent = b"".join(Collector.bodies)
+    assert b"could not send %d task calls (%s)" in sent  # the template of the log line
+    assert b"dead letter from %s: %s" in sent  # the breadcrumb's template
+    assert b"ValueError" in sent and b"refused by redis://:***@127.0.0.1:1/1" in sent
+    for secret in (b"SECRET-ROW-CONTENT", b"SECRET-LOG-PARAMETER", b"SECRET-TENANT", b"hunter2"):
+        assert secret not in sent, secret

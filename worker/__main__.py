@@ -13,6 +13,7 @@ import sys
 
 from shared_cache import CacheManager
 from tasks.settings import TaskSettings
+from tasks.support import mask_secrets, secrets_of
 from worker.app import app as celery_app
 from worker.listener import Listener
 from worker.rules import Planner, load_rules
@@ -32,8 +33,6 @@ async def main(settings: ListenerSettings, status_every: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    names = ", ".join(s.name for s in listener.sources)
-    logging.info("listening to %s for %s", names, ", ".join(planner.tables))
 
     async def status() -> None:
         while not stop.is_set():
@@ -41,7 +40,7 @@ async def main(settings: ListenerSettings, status_every: float) -> None:
             try:
                 report = await listener.publish_report()  # read by `shared-cache stats`
             except Exception as exc:  # Redis away: still log locally
-                report = {"stats": dict(listener.stats), "error": str(exc)}
+                report = {"stats": listener.stats, "error": mask_secrets(str(exc), secrets_of(redis_url))}
             logging.info("status %s", report)
 
     reporter = asyncio.create_task(status())
@@ -50,9 +49,16 @@ async def main(settings: ListenerSettings, status_every: float) -> None:
 
         metrics = asyncio.create_task(serve_metrics(listener, settings.metrics_port))
         logging.info("metrics on http://0.0.0.0:%d/metrics", settings.metrics_port)
+    run = asyncio.create_task(listener.run(stop), name="listener")
+    ready = asyncio.create_task(listener.ready.wait())
     try:
-        await listener.run(stop)
+        await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if listener.ready.is_set():  # every source is prepared: changes committed from now on are seen
+            names = ", ".join(s.name for s in listener.sources)
+            logging.info("listening to %s for %s", names, ", ".join(planner.tables))
+        await run
     finally:
+        ready.cancel()
         reporter.cancel()
         if settings.metrics_port:
             metrics.cancel()

@@ -1,8 +1,8 @@
-"""Coalescing: actions planned within one window become a few tasks (pure code).
+"""Coalescing: actions planned within one window become a few typed task calls (pure code).
 
-10,000 chunk updates of one document in a window plan 10,000 identical invalidations; they
-collapse to one. Invalidations are grouped per tenant (one task, one round trip each); warming
-texts are deduplicated and cut into batches.
+10,000 chunk updates of one document in a window plan 10,000 identical invalidations; they collapse
+to one. Invalidations are grouped per tenant (one call, one round trip each); warming texts are
+deduplicated and cut into calls of at most ``texts_per_call`` texts.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared_cache import Scope
+from tasks.contracts import InvalidateCall, WarmCall
 from worker.rules import Action, Invalidate, Warm
 
 
@@ -39,19 +40,26 @@ class Window:
     def __bool__(self) -> bool:
         return bool(self.invalidations or self.texts)
 
-    def invalidation_tasks(self) -> list[tuple[str, list[list[str]], str, float | None]]:
-        """(tenant, scopes, reason, caused_at) per tenant, scopes in a stable order."""
-        tasks = []
+    @property
+    def tenants(self) -> set[str]:
+        return {*self.invalidations, *self.texts}
+
+    def invalidate_calls(self, reason_prefix: str = "") -> list[InvalidateCall]:
+        """One call per tenant, tenants and scopes in a stable order, without receipts."""
+        calls = []
         for tenant, scopes in sorted(self.invalidations.items()):
             reasons = sorted(set(scopes.values()))
             reason = reasons[0] if len(reasons) == 1 else f"{len(reasons)} kinds of change"
-            tasks.append((tenant, [list(s) for s in sorted(scopes)], reason, self.caused_at.get(tenant)))
-        return tasks
+            caused_at = self.caused_at.get(tenant)
+            calls.append(InvalidateCall(tenant, tuple(sorted(scopes)), reason_prefix + reason, caused_at))
+        return calls
 
-    def warm_tasks(self, batch_size: int) -> list[tuple[str, list[str]]]:
-        tasks = []
+    def warm_calls(self, texts_per_call: int) -> list[WarmCall]:
+        if texts_per_call < 1:
+            raise ValueError(f"texts_per_call must be >= 1, got {texts_per_call}")
+        calls = []
         for tenant, texts in sorted(self.texts.items()):
-            ordered = list(texts)
-            for start in range(0, len(ordered), batch_size):
-                tasks.append((tenant, ordered[start : start + batch_size]))
-        return tasks
+            ordered = tuple(texts)
+            for start in range(0, len(ordered), texts_per_call):
+                calls.append(WarmCall(tenant, ordered[start : start + texts_per_call]))
+        return calls

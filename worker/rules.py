@@ -1,9 +1,9 @@
 """Rules: which table change means which invalidation or warming (pure code, no I/O).
 
 A rule names a table, what kind of thing its rows are, and which columns hold the tenant and the
-ids. ``plan_event`` turns one ``ChangeEvent`` into actions; ``PlanError`` (a ``ValueError``) means
-the event cannot be planned (unknown table, missing tenant column, wrong types) and is parked as a
-dead letter by the listener.
+ids. ``Planner.plan_parts`` turns one ``ChangeEvent`` into actions, row by row: what can be planned
+is, and each part that cannot (unknown table, missing tenant column, wrong types) is named in
+``Planned.problems``; the listener parks such an event as a dead letter with those reasons.
 
 Rules come from a TOML file (``SHARED_CACHE_WORKER_RULES_FILE``) or the defaults below::
 
@@ -18,7 +18,7 @@ Rules come from a TOML file (``SHARED_CACHE_WORKER_RULES_FILE``) or the defaults
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from shared_cache import (
     collection_scopes,
     document_update_scopes,
     resource_scopes,
+    validate_tenant_id,
 )
 from worker.events import ChangeEvent
 
@@ -112,12 +113,21 @@ class Warm:
 Action = Invalidate | Warm
 
 
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """What one event plans (``actions``), and why each part that could not be planned was not."""
+
+    actions: list[Action] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
 class Planner:
     def __init__(self, rules: tuple[TableRule, ...] = DEFAULT_RULES) -> None:
         self.rules = {(rule.schema_, rule.table): rule for rule in rules}
 
     @property
     def tables(self) -> tuple[str, ...]:
+        """Watched tables, qualified ``schema.table``."""
         return tuple(f"{schema}.{table}" for schema, table in self.rules)
 
     def rule_for(self, event: ChangeEvent) -> TableRule:
@@ -126,16 +136,48 @@ class Planner:
             raise PlanError(f"no rule for table {event.schema_}.{event.table}")
         return rule
 
-    def plan(self, event: ChangeEvent) -> list[Action]:
-        rule = self.rule_for(event)
-        rows = [r for r in (event.record, event.old_record) if r]
+    def plan_parts(self, event: ChangeEvent) -> Planned:
+        """Plan each row of ``event`` on its own: an UPDATE whose new row is fine but whose old row
+        lacks its tenant still invalidates for the new row. Never raises."""
+        try:
+            rule = self.rule_for(event)
+        except PlanError as exc:
+            return Planned([], [str(exc)])
+        rows = [(name, row) for name, row in (("record", event.record), ("old_record", event.old_record)) if row]
         if not rows:
-            raise PlanError(f"{event.type} on {event.table} carries no row")
+            return Planned([], [f"{event.type} on {event.table} carries no row"])
         actions: list[Action] = []
+        problems: list[str] = []
         # An UPDATE that moves a row to another tenant, document or collection makes both sides stale.
-        for row in rows:
-            actions += _plan_row(rule, row, event)
-        return list(dict.fromkeys(actions))  # same action twice (old and new row alike) once
+        for name, row in rows:
+            try:
+                actions += _plan_row(rule, row, event)
+            except PlanError as exc:
+                problems.append(f"{name}: {exc}")
+            except Exception as exc:  # a bug or a value nobody foresaw: this part is parked, not the listener
+                problems.append(f"{name}: {type(exc).__name__}: {exc}")
+        return Planned(list(dict.fromkeys(actions)), problems)  # same action twice (old and new row alike) once
+
+    def plan(self, event: ChangeEvent) -> list[Action]:
+        """The actions of ``event``; ``PlanError`` if no part of it can be planned."""
+        planned = self.plan_parts(event)
+        if planned.problems and not planned.actions:
+            raise PlanError("; ".join(planned.problems))
+        return planned.actions
+
+    def tenant_of(self, event: ChangeEvent) -> str | None:
+        """The tenant an event names under its rule's tenant column, if any (for a gap of one tenant)."""
+        rule = self.rules.get((event.schema_, event.table))
+        if rule is None:
+            return None
+        tenants = {row.get(rule.tenant_column) for row in (event.record, event.old_record) if row} - {None}
+        if len(tenants) != 1:
+            return None
+        tenant = tenants.pop()
+        try:
+            return validate_tenant_id(tenant) if isinstance(tenant, str) else None
+        except ValueError:
+            return None
 
 
 def _column(row: dict[str, Any], name: str, table: str, required: bool = True) -> Any:

@@ -50,6 +50,19 @@ class ListenerSettings(BaseSettings):
     coalesce_window_ms: int = Field(
         10, ge=0, description="Changes arriving within this window are planned and dispatched together."
     )
+    ack_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="Seconds an invalidation may take to be applied; then, if it is no longer in the broker's"
+        " queue, it is sent again (with backoff).",
+    )
+    max_pending: int = Field(
+        10_000, ge=1, description="Most invalidations sent and not yet applied; beyond it, reading of changes pauses."
+    )
+    drain_s: float = Field(
+        5.0, ge=0, description="Seconds the listener waits at shutdown for sent invalidations to be applied."
+    )
+    warm_task_texts: int = Field(1024, ge=1, description="Most texts in one warming task the listener sends.")
     dead_letter_key: str = Field("shared_cache:dead_letters", description="Redis list of parked bad events.")
     dead_letter_max: int = Field(10_000, ge=1, description="Most dead letters kept (oldest dropped).")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the listener's Prometheus metrics (0 = off).")

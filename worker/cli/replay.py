@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from shared_cache import CacheManager
 from tasks.settings import TaskSettings
 from worker.coalesce import Window
+from worker.dispatch import dispatch_window
 from worker.events import ChangeEvent
 from worker.rules import Planner
 
@@ -28,21 +29,11 @@ from .state import State
 
 
 def send_window(celery: Any, window: Window, settings: TaskSettings) -> dict[str, int]:
-    """Send the window's tasks: one invalidation task per tenant, warming batches if warming is on.
-    The tasks carry no commit time, so replayed changes do not skew the commit-to-evict latency, and
-    their reason says they are replayed. Returns how many tasks went to each queue. The only place
-    replay sends anything (it runs on a thread: Celery's publishing blocks)."""
-    sent = {"invalidation": 0, "warming": 0}
-    for tenant, scopes, reason, _caused_at in window.invalidation_tasks():
-        celery.send_task(
-            "shared_cache.invalidate", args=[tenant, scopes, f"replay: {reason}", None], queue="invalidation"
-        )
-        sent["invalidation"] += 1
-    if settings.embedding_provider != "none":
-        for tenant, texts in window.warm_tasks(settings.embedding_batch_size):
-            celery.send_task("shared_cache.warm_texts", args=[tenant, texts], queue="warming")
-            sent["warming"] += 1
-    return sent
+    """Send the window's tasks through the listener's dispatch: one invalidation per tenant, warming
+    calls if warming is on. They carry no commit time, so replayed changes do not skew the
+    commit-to-evict latency, and their reason says they are replayed. Returns how many tasks went
+    to each queue (it runs on a thread: Celery's publishing blocks)."""
+    return dispatch_window(celery, window, settings, reason_prefix="replay: ")
 
 
 def plan_entry(entry: Entry, planner: Planner, window: Window) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from shared_cache import InvalidKeyError, SharedCacheError, collection_scopes, validate_tenant_id
+from tasks.contracts import WARMING_QUEUE, WarmCollectionCall
 
 from .errors import BadInput, CliFailure, describe
 from .state import State, check_url
@@ -40,12 +41,13 @@ def warm(state: State, tenant: str, collection: str, inline: bool) -> None:
         return
     celery = state.celery()
     try:
-        task = celery.send_task("shared_cache.warm_collection", args=[tenant, collection], queue="warming")
+        call = WarmCollectionCall(tenant, collection)
+        task = celery.send_task(call.task, kwargs=call.to_wire())
     except Exception as exc:  # kombu's OperationalError and friends: the broker is away
         raise CliFailure(state.scrub(f"broker {state.broker_display}: {describe(exc)}")) from None
     finally:
         celery.close()
-    state.emit({"task_id": task.id, "queue": "warming"}, f"queued warm_collection as task {task.id}")
+    state.emit({"task_id": task.id, "queue": WARMING_QUEUE}, f"queued warm_collection as task {task.id}")
 
 
 def warm_inline(state: State, tenant: str, collection: str) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 It polls the slot with the SQL functions, the way Supabase Realtime itself does:
 ``pg_logical_slot_peek_changes`` reads whole committed transactions after the slot's confirmed
 position without consuming them, and ``confirm(position)`` advances the slot with
-``pg_replication_slot_advance`` only once the listener's tasks for them were accepted by the
-broker. A restart (of the worker or of Postgres) resumes from the confirmed position, so a change
+``pg_replication_slot_advance`` only once the listener saw their invalidations applied in Redis.
+A restart (of the worker or of Postgres) resumes from the confirmed position, so a change
 committed while the worker was down is processed when it comes back: at-least-once, nothing lost.
+Input that can neither be read nor parked as a dead letter stops the source before it (it is read
+again later): nothing past it is confirmed until it is parked.
 
 Positions are the end LSN of each transaction's commit record (``lsn`` of wal2json's ``C`` row).
 Watched tables should have ``REPLICA IDENTITY FULL`` so DELETEs carry the tenant and id columns.
@@ -16,18 +18,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
 
+from tasks.support import Backoff
 from worker.events import ChangeEvent
 from worker.sources.base import DeadLetterHandler
 
 _ACTIONS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}
 log = logging.getLogger(__name__)
 PLUGIN = "wal2json"
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    raw: str
+    reason: str
+
+
+class _ParkRefused(Exception):
+    """Input that could not be parked: the source must not move past it, so it reads it again later."""
 
 
 class ReplicationSetupError(RuntimeError):
@@ -120,7 +135,10 @@ class PostgresLogicalSource:
         self.on_dead_letter = on_dead_letter
         self._conn: Any = None
         self._seen = 0  # end LSN of the last transaction yielded (peek re-reads unconfirmed ones)
-        self._confirmed = 0
+        self._confirmed = 0  # what the slot was advanced to
+        self._target = 0  # what the listener confirmed: the slot is advanced to it between polls
+        self._target_lsn = ""
+        self._advanced_at = 0.0
         self.received = 0
         self.reconnects = 0
         self.malformed = 0
@@ -171,11 +189,15 @@ class PostgresLogicalSource:
         return list(await cursor.fetchall())
 
     async def events(self) -> AsyncIterator[ChangeEvent]:
-        backoff = 0.1
+        """Changes of whole committed transactions, in commit order. Called again after a failure, it
+        goes on after the last transaction it yielded (the slot keeps everything not confirmed)."""
+        backoff = Backoff(first=0.1, cap=5.0)
+        refused = Backoff(first=0.5, cap=30.0)
         while not self._closed:
             try:
+                await self._advance(idle=False)
                 rows = await self._peek()
-                backoff = 0.1
+                backoff.reset()
             except Exception as exc:
                 # Postgres restarting, network cut: reconnect with backoff; nothing is lost since
                 # unconfirmed changes stay in the slot. A refused plugin is logged with its fix: an
@@ -184,23 +206,34 @@ class PostgresLogicalSource:
                     log.error("%s", exc)
                 await self._drop_connection()
                 self.reconnects += 1
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(backoff.next())
                 continue
-            pending: list[ChangeEvent] = []
-            for lsn, data in rows:
-                for event in await self._handle(lsn, data, pending):
-                    yield event
-            if not rows:
+            pending: list[ChangeEvent | _Unreadable] = []
+            released = 0
+            try:
+                for lsn, data in rows:
+                    for event in await self._handle(lsn, data, pending):
+                        released += 1
+                        yield event
+                refused.reset()
+            except _ParkRefused:
+                # Neither readable nor parked: stop before it (later transactions must not be
+                # confirmed past it) and read it again once Redis may take it.
+                await asyncio.sleep(refused.next())
+                continue
+            if not released:  # nothing new (what was read is waiting for confirmation): poll later
+                with contextlib.suppress(Exception):  # a failure shows in the next poll, which reconnects
+                    await self._advance(idle=True)
                 await asyncio.sleep(self.poll_interval)
 
-    async def _handle(self, lsn: str, data: str, pending: list[ChangeEvent]) -> list[ChangeEvent]:
-        """Buffer a transaction's changes; release them at its commit (if not yielded before)."""
+    async def _handle(self, lsn: str, data: str, pending: list[ChangeEvent | _Unreadable]) -> list[ChangeEvent]:
+        """Buffer a transaction's rows; at its commit, if it was not yielded before, park its
+        unreadable rows and release its changes (a peek reads unconfirmed transactions again)."""
         try:
             parsed = orjson.loads(data)
             action = parsed["action"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            await self._dead_letter(data, "unreadable wal2json row")
+        except Exception:
+            pending.append(_Unreadable(data, "unreadable wal2json row"))
             return []
         if action == "B":
             pending.clear()
@@ -210,35 +243,50 @@ class PostgresLogicalSource:
             if end <= self._seen:
                 pending.clear()
                 return []  # yielded already, waiting for confirmation
+            for row in pending:
+                if isinstance(row, _Unreadable):
+                    await self._dead_letter(row.raw, row.reason)  # raises if it cannot be parked
             self._seen = end
-            released = [event.model_copy(update={"position": lsn}) for event in pending]
+            released = [row.model_copy(update={"position": lsn}) for row in pending if isinstance(row, ChangeEvent)]
             pending.clear()
             self.received += len(released)
             return released
         if action in _ACTIONS:
             try:
                 pending.append(change_from_wal2json(parsed, lsn))
-            except (KeyError, ValueError) as exc:
-                await self._dead_letter(data, f"bad change: {exc}")
+            except Exception as exc:  # whatever is wrong with one row, it is parked, not fatal
+                pending.append(_Unreadable(data, f"bad change: {type(exc).__name__}: {exc}"))
         return []  # truncates and messages are not row changes
 
     async def _dead_letter(self, raw: str, reason: str) -> None:
+        if self.on_dead_letter is not None and not await self.on_dead_letter(self.name, raw, reason):
+            raise _ParkRefused(reason)
         self.malformed += 1
-        if self.on_dead_letter is not None:
-            await self.on_dead_letter(self.name, raw, reason)
 
     async def confirm(self, position: str) -> None:
-        """Advance the slot past ``position`` (a commit's end LSN): those changes are done."""
+        """The changes up to ``position`` (a commit's end LSN) are done: the polling loop advances the
+        slot past it when a poll finds nothing new, or within 0.1 s under steady traffic, and
+        ``close()`` does too. The advance decodes WAL on the connection the polls use, so it is kept
+        off the moment a new change is being read; deferring it only means a crash in between
+        replays changes already applied, which is harmless."""
         target = lsn_to_int(position)
-        if target <= self._confirmed:
+        if target > self._target:
+            self._target, self._target_lsn = target, position
+
+    async def _advance(self, idle: bool) -> None:
+        if self._target <= self._confirmed or (not idle and time.monotonic() - self._advanced_at < 0.1):
             return
         if self._conn is None:
             self._conn = await self._connect()
+        target, position = self._target, self._target_lsn
         await self._conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, position))
-        self._confirmed = target
+        self._confirmed, self._advanced_at = target, time.monotonic()
 
-    async def lag_bytes(self) -> int:
-        """How far the slot's confirmed position is behind the current WAL (for operators)."""
+    def counters(self) -> dict[str, int]:
+        return {"received": self.received, "malformed": self.malformed, "reconnects": self.reconnects}
+
+    async def lag_bytes(self) -> int | None:
+        """How far the slot's confirmed position is behind the current WAL, in bytes."""
         if self._conn is None:
             self._conn = await self._connect()
         cursor = await self._conn.execute(
@@ -256,4 +304,6 @@ class PostgresLogicalSource:
 
     async def close(self) -> None:
         self._closed = True
+        with contextlib.suppress(Exception):  # best effort: what is not advanced is replayed, harmlessly
+            await self._advance(idle=True)
         await self._drop_connection()

@@ -37,7 +37,11 @@ class RedisPubSubSource:
         self.received = 0
         self.malformed = 0
         self.subscriptions = 0
+        self.reconnects = 0
         self._closed = False
+
+    async def prepare(self) -> None:
+        return None  # the subscription is made by events(): nothing is kept before it anyway
 
     async def events(self) -> AsyncIterator[ChangeEvent]:
         backoff = 0.05
@@ -57,7 +61,7 @@ class RedisPubSubSource:
                             self.received += 1
                             yield event
             except (aredis.ConnectionError, aredis.TimeoutError, OSError):
-                pass  # Redis restarting: reconnect below, and report the gap when subscribed again
+                self.reconnects += 1  # Redis restarting: reconnect below, and report the gap when subscribed again
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
@@ -70,10 +74,11 @@ class RedisPubSubSource:
         text = raw.decode("utf-8", "replace")
         try:
             event = ChangeEvent.model_validate_json(raw)
-        except ValidationError as exc:
+        except Exception as exc:  # whatever arrives on the channel, the source goes on
             self.malformed += 1
-            errors = exc.errors()
-            detail = errors[0]["msg"] if errors else str(exc)
+            errors = exc.errors() if isinstance(exc, ValidationError) else []
+            detail = errors[0]["msg"] if errors else f"{type(exc).__name__}: {exc}"
+            # At most once: if it cannot be parked either, the listener counts it as lost.
             await self.on_dead_letter(self.name, text, f"invalid ChangeEvent: {detail}")
             return None
         return event.model_copy(update={"source": self.name})
@@ -83,3 +88,14 @@ class RedisPubSubSource:
 
     async def close(self) -> None:
         self._closed = True
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "received": self.received,
+            "malformed": self.malformed,
+            "reconnects": self.reconnects,
+            "subscriptions": self.subscriptions,
+        }
+
+    async def lag_bytes(self) -> int | None:
+        return None  # pub/sub keeps no backlog to lag behind

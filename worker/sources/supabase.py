@@ -172,10 +172,11 @@ class SupabaseRealtimeSource:
         self.start()
 
     def start(self) -> None:
-        """Start subscribing; idempotent. Needs a running loop."""
+        """Start subscribing; idempotent, and again after the supervisor stopped on an error (the
+        listener calls ``events()`` again then). Needs a running loop."""
         if self._closed:
             raise RuntimeError("source is closed")
-        if self._runner is None:
+        if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._supervise(), name="realtime-source")
             self._runner.add_done_callback(self._runner_done)
 
