@@ -96,6 +96,7 @@ class EmbeddedRedis:
                         return self
             except OSError:
                 time.sleep(0.02)
+        self.stop()  # never leave a half-started server behind
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
@@ -181,6 +182,7 @@ class EmbeddedPostgres:
             if ready.returncode == 0:
                 return self
             time.sleep(0.1)
+        self.stop()  # never leave a half-started server behind
         raise RuntimeError(f"postgres did not start on port {self.port}")
 
     def stop(self) -> None:

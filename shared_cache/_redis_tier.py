@@ -99,12 +99,18 @@ class RedisTier:
 
         if self._sentinel_mode:
             return self.sentinel_master()
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # One immediate retry on a new connection: a pooled connection that a Redis restart closed
+        # fails its next command, and redis-py's asyncio client does not retry by default.
         return Redis.from_url(
             self.settings.redis_url.get_secret_value(),
             socket_timeout=self.settings.socket_timeout_seconds,
             socket_connect_timeout=self.settings.connect_timeout_seconds,
             max_connections=self.settings.max_connections,
             decode_responses=False,
+            retry=Retry(NoBackoff(), 1),
         )
 
     @property

@@ -230,3 +230,19 @@ def test_reads_under_uvloop(redis_url: str) -> None:
     assert uvloop.run(reads()) == [({"v": 1}, "db"), ({"v": 1}, "redis")]
     assert mgr.stats.errors.get("redis", 0) == 0 and not mgr.redis.breaker.is_open
     CacheManager._instance = None
+
+
+async def test_the_redis_py_client_reconnects_after_a_restart() -> None:
+    """``manager.redis.client()`` (pipelines, the operator tools, maintenance tasks) keeps pooled
+    connections; after a Redis restart its next command must not fail on the closed one."""
+    server = EmbeddedRedis().start()
+    t = tier(server.url)
+    try:
+        client = t.client()
+        assert await client.ping() is True
+        server.stop()
+        server.start()
+        assert await client.ping() is True
+    finally:
+        await t.close()
+        server.cleanup()
