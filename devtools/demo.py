@@ -32,6 +32,7 @@ from devtools.demo_status import Status
 from devtools.embedded import EmbeddedCeleryWorker, EmbeddedPostgres, EmbeddedRedis, end_process
 from devtools.local_model import ensure_local_model
 from shared_cache import Keyspace
+from tasks.support import mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "demo:"
@@ -83,7 +84,7 @@ class Demo:
     def start_services(self) -> tuple[str, str]:
         redis_url = os.environ.get("SHARED_CACHE_REDIS_URL", "")
         if redis_url:
-            say(f"redis      : using {_mask(redis_url)}")
+            say(f"redis      : using {mask_url(redis_url)}")
         else:
             server = EmbeddedRedis().start()
             self.servers.append(server)
@@ -92,7 +93,7 @@ class Demo:
             say(f"redis      : started on port {server.port} (pid {pid}, {server.dir})")
         dsn = os.environ.get("SHARED_CACHE_WORKER_DATABASE_URL", "")
         if dsn:
-            say(f"postgres   : using {_mask(dsn)}")
+            say(f"postgres   : using {mask_url(dsn)}")
         else:
             pg = EmbeddedPostgres().start()
             self.servers.append(pg)
@@ -316,13 +317,6 @@ class Demo:
         for server in reversed(self.servers):
             server.cleanup()
         say("stopped: every child process ended, temp directories removed")
-
-
-def _mask(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -15,6 +15,7 @@ import orjson
 from pydantic import SecretStr
 
 from tasks.provider_types import ProviderError
+from tasks.support import Backoff, mask_secrets
 
 if TYPE_CHECKING:
     import httpx
@@ -153,7 +154,7 @@ class OpenAICompatibleProvider:
                         f"embeddings request to {self.url} failed after {attempt + 1} attempts: "
                         f"{type(exc).__name__}: {self._redact(str(exc))}"
                     ) from exc
-                delay = self._backoff(attempt)
+                delay = self._backoff_delay(attempt)
                 logger.warning(
                     "embeddings request to %s failed (%s), retry %d/%d in %.2f s",
                     self.url,
@@ -185,7 +186,7 @@ class OpenAICompatibleProvider:
                         status=status,
                         body=body,
                     )
-                delay = self._backoff(attempt)
+                delay = self._backoff_delay(attempt)
                 if wait is not None:  # at least what the server asked, plus a little so clients spread out
                     delay = wait + random.uniform(0, min(1.0, wait * 0.1 + 0.05))
                 logger.warning(
@@ -199,15 +200,15 @@ class OpenAICompatibleProvider:
             attempt += 1
             await asyncio.sleep(delay)
 
-    def _backoff(self, attempt: int) -> float:
-        # "Equal jitter": half the exponential step fixed, half random, so retries of many workers
-        # after one outage do not arrive in lockstep, yet each still waits a growing minimum.
-        step = min(self.backoff_max, self.backoff_base * 2.0**attempt)
-        return step / 2 + random.uniform(0, step / 2)
+    def _backoff_delay(self, attempt: int) -> float:
+        # "Equal jitter" (tasks.support.Backoff): half the exponential step fixed, half random, so
+        # retries of many workers after one outage do not arrive in lockstep.
+        backoff = Backoff(first=self.backoff_base, cap=self.backoff_max)
+        backoff.attempt = attempt
+        return backoff.next()
 
     def _redact(self, text: str) -> str:
-        key = self._key.get_secret_value()
-        return text.replace(key, "***") if key else text
+        return mask_secrets(text, [self._key.get_secret_value()])
 
     def _snippet(self, response: httpx.Response) -> str:
         """The error message of an OpenAI-style error body, else the start of the body; key redacted."""

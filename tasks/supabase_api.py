@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from tasks.support import mask_url
+from tasks.support import mask_secrets, mask_url
 
 if TYPE_CHECKING:
     from supabase import AsyncClient
@@ -92,10 +92,7 @@ def describe_api_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> str
     code = getattr(exc, "code", None)
     message = getattr(exc, "message", None)
     text = f"{code}: {message}" if code and message else str(message or exc) or type(exc).__name__
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    return mask_secrets(text, secrets)
 
 
 async def close_client(client: AsyncClient) -> None:

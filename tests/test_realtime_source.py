@@ -82,6 +82,7 @@ async def listener(manager: CacheManager, redis_url: str) -> AsyncIterator[Liste
     worker = Listener(ListenerSettings(dead_letter_key=f"{manager.keys.prefix}dead"), Planner(DEFAULT_RULES), None,
                       manager, redis_url)  # fmt: skip
     await worker.redis.sadd(manager.keys.worker_tenants, TENANT)
+    await worker.tenants.load()  # what a running listener does when it starts
     yield worker
     await worker.close()
 

@@ -247,7 +247,10 @@ async def test_redis_restart_under_the_listener_reconnects_and_invalidates_conse
         listener.add_source(source)
         async with running(listener):
             await wait_until(lambda: source.subscriptions == 1)
-            await listener.redis.sadd(mgr.keys.worker_tenants, "t6")
+            # the listener learns the tenant from a change of it, as it does in production
+            change = b'{"table": "agents", "type": "UPDATE", "record": {"id": "a6", "tenant_id": "t6"}}'
+            await listener.redis.publish(f"{PREFIX}changes", change)
+            await wait_until(lambda: "t6" in listener.tenants.all())
             await mgr.set("document", "d6", {"v": 1}, "t6")
             gaps = listener.stats["conservative_invalidations"]
             server.stop()

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aredis
 from pydantic import ValidationError
 
+from tasks.support import Backoff
 from worker.events import ChangeEvent
 from worker.sources.base import DeadLetterHandler, GapHandler
 
@@ -44,7 +45,7 @@ class RedisPubSubSource:
         return None  # the subscription is made by events(): nothing is kept before it anyway
 
     async def events(self) -> AsyncIterator[ChangeEvent]:
-        backoff = 0.05
+        backoff = Backoff(first=0.05, cap=2.0)
         while not self._closed:
             client = aredis.Redis.from_url(self.redis_url)
             pubsub = client.pubsub()
@@ -53,7 +54,7 @@ class RedisPubSubSource:
                 async for message in pubsub.listen():
                     if message["type"] == "subscribe":
                         self.subscriptions += 1
-                        backoff = 0.05
+                        backoff.reset()
                         await self.on_gap(self.name, "subscribed" if self.subscriptions == 1 else "resubscribed")
                     elif message["type"] == "message":
                         event = await self._parse(message["data"])
@@ -67,8 +68,7 @@ class RedisPubSubSource:
                     await pubsub.aclose()
                 with contextlib.suppress(Exception):
                     await client.aclose()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await asyncio.sleep(backoff.next())
 
     async def _parse(self, raw: bytes) -> ChangeEvent | None:
         text = raw.decode("utf-8", "replace")
