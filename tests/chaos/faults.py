@@ -79,14 +79,16 @@ def kill_hung_celery_after_push(system: ChaosSystem, report: ScenarioReport, rng
         states = system.celery.group_states()
         commit = writer.commit_one(row)
         system.timeline.mark(f"committed row {row} v{commit.version} (attempt {attempt}); worker: {states}", commit.at)
+        # Redis serves the hung consumer's BRPOP with the task the listener pushes: the connection
+        # is no longer blocked (its process cannot send anything else while stopped).
         pushed = wait_for(
-            partial(probes.slot_confirmed_past, system.pg.dsn, system.slot, commit.lsn),
+            lambda: not probes.consumer_blocked(system.broker_url),
             30,
-            "the listener confirms the commit (its task accepted by the broker)",
+            "the listener pushes the commit's task and Redis hands it to the hung consumer",
         )
         queued, unacked = probes.broker_backlog(system.broker_url)
         system.timeline.mark(
-            f"listener confirmed the slot past it; broker: {queued} queued, {unacked} unacked"
+            f"the hung consumer's BRPOP was served; broker: {queued} queued, {unacked} unacked"
             f" {probes.unacked_tasks(system.broker_url) if unacked else ''}",
             pushed,
         )
@@ -202,7 +204,8 @@ def restart_redis_with_a_task_in_flight(
     before = [reader.check()[row] for reader in system.readers]
     commit = writer.commit_one(row)
     system.timeline.mark(f"committed row {row} v{commit.version}", at=commit.at)
-    wait_for(lambda: probes.slot_confirmed_past(system.pg.dsn, system.slot, commit.lsn), 30, "the listener confirms")
+    # the listener pushed the task; it is not confirmed (nothing applies it), it waits in the queue
+    wait_for(lambda: probes.broker_backlog(system.broker_url)[0] >= 1, 30, "the listener pushes its task")
     queued, _ = probes.broker_backlog(system.broker_url)
     held = [reader.check()[row] for reader in system.readers]
     system.timeline.mark(f"its task waits in the broker ({queued} queued); readers serve {held} (before: {before})")
