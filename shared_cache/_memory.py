@@ -202,6 +202,33 @@ class MemoryTier:
             self._remove(next(iter(self._data)))
         return True
 
+    def set_embeddings(
+        self,
+        items: list[tuple[Hashable, bytes, float, str, tuple[Scope, ...]]],
+        seq: int,
+        hits: list[int],
+    ) -> None:
+        """Keep many embedding payloads at once (the batch path): ``(ident, payload, ttl, key, scopes)``
+        each, as :meth:`set` would, with one clock read and no per-entry decoding."""
+        now = self.timer()
+        data, cap = self._data, self.ttl_cap
+        valid = seq == self.seq
+        for ident, payload, ttl, key, scopes in items:
+            size = len(payload) + 64 + len(key)
+            if size > self.max_bytes:
+                continue
+            entry = [now + (cap if ttl <= 0 else min(ttl, cap)), HOLD_EMBEDDING, payload, key, "tenant", size,
+                     scopes, seq, hits]  # fmt: skip
+            if not valid and not self.revalidate(entry):
+                continue
+            old = data.pop(ident, None)
+            if old is not None:
+                self.bytes -= old[SIZE]
+            data[ident] = entry
+            self.bytes += size
+        while len(data) > self.max_entries or self.bytes > self.max_bytes:
+            self._remove(next(iter(data)))
+
     def delete(self, ident: Hashable) -> bool:
         if ident in self._data:
             self._remove(ident)
