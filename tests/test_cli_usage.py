@@ -15,7 +15,7 @@ from click.testing import Result
 
 from shared_cache import CacheManager
 from tests.cli_harness import as_json, cli_env, run
-from worker.cli.urls import broker_url_problem, database_url_problem, redis_url_problem, sentinels_problem
+from worker.urls import broker_url_problem, database_url_problem, redis_url_problem, sentinels_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,8 +210,9 @@ async def test_click_usage_errors_are_one_line(env: dict[str, str], args: list[s
 
 
 async def test_bad_list_setting_and_empty_resource(manager: CacheManager, env: dict[str, str]) -> None:
-    line = one_usage_line(await run({**env, "SHARED_CACHE_WORKER_SOURCES": "postgres"}, "dead-letters", "list"))
-    assert 'invalid worker settings: error parsing value for field "sources"' in line
+    line = one_usage_line(await run({**env, "SHARED_CACHE_WORKER_SOURCES": "postgres,kafka"}, "dead-letters", "list"))
+    expected = "unknown source 'kafka'; expected some of postgres, supabase, redis"
+    assert line == f"error: invalid worker settings: sources: {expected}", line
     await manager.set("document", "d1", "v", "acme")
     # An empty id is not "every resource": nothing is invalidated.
     line = one_usage_line(await run(env, "invalidate", "--tenant", "acme", "--type", "document", "--resource", ""))

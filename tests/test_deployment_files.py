@@ -23,6 +23,9 @@ def _check_command(argv: list[str]) -> None:
         for i, arg in enumerate(argv):
             if arg == "-Q":
                 assert set(argv[i + 1].split(",")) <= {"invalidation", "warming"}
+        if argv[3] == "beat":  # the schedule it runs: the reclaim sweep
+            tasks = {entry["task"] for entry in module.app.conf.beat_schedule.values()}
+            assert tasks == {"shared_cache.reclaim_permanent"}, tasks
     elif argv[0] == "sh":
         assert "celery -A worker.app" in argv[-1]
     else:
@@ -31,7 +34,7 @@ def _check_command(argv: list[str]) -> None:
 
 def test_procfile_commands_exist() -> None:
     lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()]
-    assert {line.split(":", 1)[0] for line in lines} >= {"listener", "invalidation", "warming"}
+    assert {line.split(":", 1)[0] for line in lines} >= {"listener", "invalidation", "warming", "beat"}
     for line in lines:
         _check_command(shlex.split(line.split(":", 1)[1]))
 
@@ -45,7 +48,7 @@ def test_compose_commands_exist() -> None:
         if argv[0] in ("redis-server", "postgres"):
             continue
         _check_command(argv)
-    for service in ("redis:", "postgres:", "listener:", "invalidation-worker:", "warming-worker:", "flower:"):
+    for service in ("redis:", "postgres:", "listener:", "invalidation-worker:", "warming-worker:", "beat:", "flower:"):
         assert f"\n  {service}" in text
     assert "wal_level=logical" in text and "healthcheck" in text
 

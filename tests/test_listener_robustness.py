@@ -259,3 +259,36 @@ async def test_the_postgres_source_never_confirms_past_an_event_it_could_neither
         assert listener.alive(), listener.output()
     finally:
         listener.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        (
+            "SHARED_CACHE_REDIS_URL",
+            "redis://localhost:notaport/0",
+            "SHARED_CACHE_REDIS_URL=redis://localhost:notaport/0",
+        ),
+        ("SHARED_CACHE_WORKER_BROKER_URL", "http://localhost:6379/0", "SHARED_CACHE_WORKER_BROKER_URL=http://"),
+        ("SHARED_CACHE_WORKER_BROKER_URL", "amqp://guest@localhost//", "SHARED_CACHE_WORKER_BROKER_URL=amqp://"),
+        ("SHARED_CACHE_WORKER_DATABASE_URL", "postgresql://u:hunter2@db:99999/x", "SHARED_CACHE_WORKER_DATABASE_URL="),
+    ],
+)
+def test_a_malformed_url_ends_the_listener_with_one_line(name: str, value: str, named: str) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SHARED_CACHE_REDIS_URL": "redis://127.0.0.1:1/0",
+        "SHARED_CACHE_WORKER_BROKER_URL": "redis://127.0.0.1:1/1",
+        "SHARED_CACHE_WORKER_DATABASE_URL": "postgresql://127.0.0.1:1/x",
+        "SHARED_CACHE_WORKER_SOURCES": "postgres",
+        name: value,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("invalid settings: " + named), done.stderr
+    assert "hunter2" not in done.stderr  # a password in the URL is masked

@@ -6,20 +6,23 @@ deployment sets one environment, and each process reads the part it needs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tasks.supabase_api import project_url
+
+SOURCE_NAMES = ("postgres", "supabase", "redis")
 
 
 class ListenerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHARED_CACHE_WORKER_", extra="ignore", hide_input_in_errors=True)
 
-    sources: list[Literal["postgres", "supabase", "redis"]] = Field(
+    sources: Annotated[list[Literal["postgres", "supabase", "redis"]], NoDecode] = Field(
         default_factory=lambda: ["postgres"],  # type: ignore[arg-type]
-        description="Change sources the listener runs (JSON list).",
+        min_length=1,
+        description="Change sources the listener runs: comma-separated (postgres,redis) or a JSON list.",
     )
     database_url: SecretStr = Field(
         SecretStr("postgresql://postgres@localhost:5432/postgres"),
@@ -67,6 +70,26 @@ class ListenerSettings(BaseSettings):
     dead_letter_max: int = Field(10_000, ge=1, description="Most dead letters kept (oldest dropped).")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the listener's Prometheus metrics (0 = off).")
     sentry_dsn: SecretStr = Field(SecretStr(""), description="Sentry DSN; empty disables Sentry.")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _split_sources(cls, value: Any) -> Any:
+        # Operators write "postgres,redis" in an env file; a JSON list is accepted too.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import orjson
+
+                try:
+                    return orjson.loads(text)
+                except orjson.JSONDecodeError as exc:
+                    raise ValueError(f"sources {value!r} is not a JSON list ({exc})") from None
+            value = [part.strip() for part in text.split(",") if part.strip()]
+        if isinstance(value, list):
+            unknown = [name for name in value if name not in SOURCE_NAMES]
+            if unknown:  # named here: the settings hide inputs in errors (other fields hold secrets)
+                raise ValueError(f"unknown source {unknown[0]!r}; expected some of {', '.join(SOURCE_NAMES)}")
+        return value
 
     @field_validator("supabase_url")
     @classmethod

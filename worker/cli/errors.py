@@ -74,5 +74,5 @@ def first_error(exc: ValidationError) -> str:
         return one_line(str(exc))
     first = errors[0]
     where = ".".join(str(part) for part in first.get("loc", ()))
-    message = one_line(str(first.get("msg")))
+    message = one_line(str(first.get("msg"))).removeprefix("Value error, ")
     return f"{where}: {message}" if where else message

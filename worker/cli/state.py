@@ -17,10 +17,10 @@ from shared_cache import CacheManager, CacheSettings, InvalidKeyError
 from tasks.settings import TaskSettings
 from tasks.support import mask_secrets, mask_url, secrets_of
 from worker.settings import ListenerSettings
+from worker.urls import broker_url_problem, database_url_problem, redis_url_problem, sentinels_problem
 
 from .errors import BadInput, CliFailure, describe, first_error, redis_errors
 from .render import dumps
-from .urls import broker_url_problem, database_url_problem, redis_url_problem, sentinels_problem
 
 T = TypeVar("T")
 S = TypeVar("S", bound=BaseSettings)

@@ -11,10 +11,10 @@ import click
 
 from shared_cache import InvalidKeyError, SharedCacheError, collection_scopes, validate_tenant_id
 from tasks.contracts import WARMING_QUEUE, WarmCollectionCall
+from worker.urls import database_url_problem, http_url_problem
 
 from .errors import BadInput, CliFailure, describe
 from .state import State, check_url
-from .urls import database_url_problem, http_url_problem
 
 
 @click.command()

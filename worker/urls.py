@@ -1,4 +1,4 @@
-"""Checks of the URLs the commands connect to, before anything connects (pure code).
+"""Checks of the URLs the worker and its commands connect to, before anything connects (pure code).
 
 A malformed URL is the operator's typo, not an outage: each function returns what is wrong with a
 URL (``None`` if nothing), in words that say what was expected, and the command turns it into a usage
