@@ -46,6 +46,7 @@ class EvictionSubscriber:
         self.task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.subscribed = asyncio.Event()
+        self.failed = asyncio.Event()  # an attempt to subscribe failed (set until the next success)
         self.connects = 0
         self.events = 0
         self.evicted = 0  # scopes evicted on events of other processes
@@ -68,10 +69,16 @@ class EvictionSubscriber:
         """
         self.loop = asyncio.get_running_loop()
         self.subscribed = asyncio.Event()
+        self.failed = asyncio.Event()
         self.task = self.loop.create_task(self._run(), name="shared_cache-eviction-subscriber")
         if wait > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.subscribed.wait(), wait)
+            # Over as soon as the first attempt succeeds or fails: a refused connection costs nothing.
+            waits = [self.loop.create_task(self.subscribed.wait()), self.loop.create_task(self.failed.wait())]
+            try:
+                await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
 
     async def stop(self) -> None:
         task, self.task = self.task, None
@@ -97,6 +104,7 @@ class EvictionSubscriber:
                 except Exception:
                     self.errors += 1
                     self.stats.error("subscriber")
+                self.failed.set()
                 if self.subscribed.is_set():  # it had worked: retry quickly
                     backoff = _BACKOFF_FIRST
                 self.subscribed.clear()
@@ -117,6 +125,7 @@ class EvictionSubscriber:
                 if kind == "subscribe":
                     self.memory.clear()  # whatever was published while we were away is lost
                     self.connects += 1
+                    self.failed.clear()
                     self.subscribed.set()
                 elif kind == "message":
                     self.handle(message.get("data"))

@@ -107,3 +107,57 @@ async def test_deserializer_error_falls_back_to_db(manager: CacheManager) -> Non
         "complex_data", "x", "t", lambda r, t, c: {"a": 2}, serializer=lambda v: v, deserializer=bad_deserializer
     )
     assert metrics["source"] == "db" and manager.stats.errors["corrupt_entry"] >= 1
+
+
+def _reads_on_new_loops(count: int) -> list[tuple[float, Any]]:
+    """``asyncio.run(get_with_cache_aside(...))`` ``count`` times, as a Celery task does per task."""
+
+    async def read() -> Any:
+        value, _metrics = await get_with_cache_aside("document", "d", "t", lambda r, t, c: {"v": 1})
+        return value
+
+    timed = []
+    for _ in range(count):
+        start = time.perf_counter()
+        value = asyncio.run(read())
+        timed.append((time.perf_counter() - start, value))
+    return timed
+
+
+async def test_redis_down_costs_a_new_loop_no_wait_on_the_subscriber() -> None:
+    """Memory tier on (the default), nothing listening: a refused connection ends the wait for the
+    eviction subscriber at once, and the breaker, once open, holds for every loop of the process."""
+    mgr = CacheManager.configure(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", breaker_threshold=3, connect_timeout_seconds=0.5
+    )
+    timed = await asyncio.to_thread(_reads_on_new_loops, 6)
+    assert [value for _, value in timed] == [{"v": 1}] * 6
+    assert max(seconds for seconds, _ in timed) < 0.25, timed  # it once waited 1 s on each new loop
+    assert mgr.redis.breaker.is_open
+    await mgr.close()
+
+
+async def test_a_hung_redis_costs_a_new_loop_at_most_the_timeouts() -> None:
+    """A server that accepts connections and never answers: the first read on a new loop waits for the
+    subscriber at most the connect timeout, then its own call times out; once the breaker is open,
+    no loop waits at all."""
+    import socket
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    try:
+        mgr = CacheManager.configure(
+            redis_url=f"redis://127.0.0.1:{hung.getsockname()[1]}/0",
+            breaker_threshold=2,
+            connect_timeout_seconds=0.3,
+            socket_timeout_seconds=0.3,
+        )
+        timed = await asyncio.to_thread(_reads_on_new_loops, 5)
+        assert [value for _, value in timed] == [{"v": 1}] * 5
+        first, *_rest = [seconds for seconds, _ in timed]
+        assert first < 0.3 + 0.3 + 0.3, timed  # the subscriber's wait + the read's own timeout, and margin
+        assert max(seconds for seconds, _ in timed[2:]) < 0.1, timed  # the breaker is open for every loop
+        await mgr.close()
+    finally:
+        hung.close()
