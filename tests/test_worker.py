@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -199,6 +200,38 @@ async def test_worker_killed_mid_task_loses_no_invalidation(
     await wait_until(lambda: sync_redis.llen(marker) == 2, within=30)  # the message came back
     assert int(sync_redis.lindex(marker, 1)) != first_pid  # type: ignore[arg-type]
     await wait_until(lambda: _is_none(cache.get("document", "dk", "t4")), within=10)
+
+
+async def test_a_task_held_by_a_killed_worker_comes_back_soon_after_the_visibility_timeout(
+    env: dict[str, str], cache: CacheManager, sync_redis: redis.Redis
+) -> None:
+    """The whole worker (main process and pool) killed while its task runs: the message stays in
+    kombu's unacknowledged set, and the next worker restores it once the visibility timeout (5 s
+    here) has passed, within seconds, not after kombu's default sweep period (about 100 s)."""
+    own = {**env, "SHARED_CACHE_WORKER_BROKER_URL": env["SHARED_CACHE_WORKER_BROKER_URL"][:-1] + "2"}
+    await cache.set("document", "dw", {"v": 1}, "t4")
+    marker = f"{PREFIX}held"
+    sync_redis.delete(marker)
+    first = CeleryWorker(own, concurrency=1, queues="invalidation").start()
+    second: CeleryWorker | None = None
+    try:
+        app = make_app(settings(own))
+        app.send_task("tests.slow_invalidate", args=["t4", [["t4", "res", "document", "dw"]], "test", marker, 30.0])
+        await wait_until(lambda: sync_redis.llen(marker) == 1)
+        assert first.proc is not None
+        for pid in [first.proc.pid, *first.child_pids()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        first.proc.wait(10)
+        first.proc = None
+        second = CeleryWorker(own, concurrency=1, queues="invalidation").start()
+        started = time.monotonic()
+        await wait_until(lambda: sync_redis.llen(marker) == 2, within=30)
+        assert time.monotonic() - started < 20  # 5 s of visibility timeout and a sweep every 2 s
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
 
 
 async def test_malformed_events_are_parked_and_the_listener_keeps_running(

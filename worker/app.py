@@ -31,6 +31,20 @@ def beat_schedule(settings: TaskSettings) -> dict[str, dict[str, Any]]:
     return {"reclaim-permanent": {"task": RECLAIM_PERMANENT, "schedule": every, "options": {"expires": every}}}
 
 
+def transport_options(settings: TaskSettings) -> dict[str, int]:
+    """kombu's Redis transport options. A task whose worker died stays in kombu's unacknowledged set
+    until a sweep finds it older than the visibility timeout; kombu sweeps every
+    ``unacked_restore_interval * unacked_restore_throttle`` seconds (100 by default), so a short
+    visibility timeout alone would still leave such a task waiting well over a minute. One sweep (one
+    ZRANGE) per worker every few seconds, at most half the timeout, brings it back soon after."""
+    visibility = settings.visibility_timeout_s
+    return {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": max(1, min(10, visibility // 2)),
+        "unacked_restore_throttle": 1,
+    }
+
+
 def make_app(settings: TaskSettings | None = None) -> Celery:
     settings = settings or TaskSettings()
     celery = Celery("shared_cache_worker", broker=settings.broker_url.get_secret_value())
@@ -51,7 +65,7 @@ def make_app(settings: TaskSettings | None = None) -> Celery:
         task_default_exchange=INVALIDATION_QUEUE,
         task_default_routing_key=INVALIDATION_QUEUE,
         task_routes=TASK_ROUTES,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options=transport_options(settings),
         broker_connection_retry_on_startup=True,
         # A task running when the broker connection drops goes on and does its work (Celery 6 will
         # cancel it instead, and its message is lost when Redis restarted empty: the listener would
