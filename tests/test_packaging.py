@@ -8,6 +8,9 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.version import Version
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,5 +33,17 @@ def test_the_library_wheel_holds_the_library_alone(tmp_path: Path) -> None:
 def test_the_worker_application_declares_what_the_library_needs() -> None:
     library = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     app = tomllib.loads((ROOT / "app" / "pyproject.toml").read_text())["project"]
-    assert set(library["dependencies"]) <= set(app["dependencies"])
+    needed = {Requirement(r).name: Requirement(r) for r in library["dependencies"]}
+    declared = {Requirement(r).name: Requirement(r) for r in app["dependencies"]}
+    assert set(needed) <= set(declared), set(needed) - set(declared)
+    for name, requirement in needed.items():
+        # The application may ask for a newer floor than the library (its own code can need it),
+        # never an older one, and never fewer extras.
+        assert requirement.extras <= declared[name].extras, name
+        assert _floor(declared[name]) >= _floor(requirement), (name, str(declared[name]))
     assert set(app["scripts"]) == {"shared-cache", "shared-cache-worker"}
+
+
+def _floor(requirement: Requirement) -> Version:
+    floors = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==", "~=")]
+    return max(floors, default=Version("0"))
