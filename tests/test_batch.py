@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from array import array
 from typing import Any
 
@@ -113,3 +114,20 @@ async def test_as_numpy_is_one_float32_matrix_equal_to_the_lists(manager: CacheM
     assert again[0, 0] == lists[0][0]
     empty, _ = await get_embeddings_batch_with_cache([], "t", "m", provider, as_numpy=True)
     assert empty.shape == (0, 0)
+
+
+async def test_an_expired_entry_is_not_served_from_either_tier(manager: CacheManager) -> None:
+    provider = Provider()
+    await get_embeddings_batch_with_cache(["a", "b"], "t", "m", provider, ttl=1)
+    _, metrics = await get_embeddings_batch_with_cache(["a", "b"], "t", "m", provider, ttl=1)
+    assert metrics["memory_hits"] == 2 and len(provider.calls) == 1
+    await asyncio.sleep(1.2)
+    _, metrics = await get_embeddings_batch_with_cache(["a", "b"], "t", "m", provider, ttl=1)
+    assert metrics["memory_hits"] == 0 and metrics["redis_hits"] == 0 and metrics["cache_misses"] == 2
+    assert provider.calls[-1] == ["a", "b"]
+
+
+@pytest.mark.parametrize("model_name", ["", None, ["m"]])
+async def test_a_bad_model_name_is_named_in_the_error(manager: CacheManager, model_name: Any) -> None:
+    with pytest.raises(ValueError, match="non-empty str model_name"):
+        await get_embeddings_batch_with_cache(["x"], "t", model_name, Provider())
