@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from ._embedding_ids import embedding_resource_ids
 from ._keys import validate_tenant
-from ._manager import CacheManager, _embedding_rids
-from ._memory import CHECKED, DATA, EXPIRES, HOLD_EMBEDDING, KIND, MemoryTier
+from ._manager import CacheManager
+from ._memory import DATA, HOLD_EMBEDDING, KIND, MemoryTier
 from ._redis_tier import WRITE_BATCH
 from ._serialization import KIND_EMBEDDING, decode_embedding, encode_embedding
 from ._ttl import ttl_for
@@ -114,12 +115,7 @@ class _Batch:
         self.manager = manager
         self.tenant = tenant
         self.unique = unique
-        if not isinstance(model_name, str) or not model_name:
-            manager.embedding_resource_id("", model_name)  # raises its ValueError naming the value
-        # the digests of recent texts are kept: look them up here, compute only the new ones
-        known = _embedding_rids.get
-        rid_of = manager.embedding_resource_id
-        self.rids = [known((model_name, text)) or rid_of(text, model_name) for text in unique]
+        self.rids = embedding_resource_ids(unique, model_name)
         self.memory: MemoryTier | None = manager.memory
         self.seq = self.memory.seq if self.memory is not None else 0
         self.cell = manager.stats.memory_cell(_TYPE, tenant)
@@ -144,32 +140,22 @@ class _Batch:
         return self.gen_prefix + self.rids[i]
 
     def from_memory(self) -> None:
-        """MemoryTier.get inlined, with one clock read for the batch: nothing can evict between two
-        texts (no await in this loop), and an entry that expires during it is microseconds late."""
         memory, found, shape, pending = self.memory, self.found, self.shape, self.pending
         if memory is None:
             pending.extend(range(len(self.unique)))
             return
-        data, seq, now, tenant, rids = memory._data, memory.seq, memory.timer(), self.tenant, self.rids
+        now, tenant, rids = memory.timer(), self.tenant, self.rids  # one clock read for the batch
         hits = corrupt = 0
         for i, text in enumerate(self.unique):
             ident = (_TYPE, tenant, rids[i], None, None, None)
-            entry = data.get(ident)
-            if entry is None:
-                pending.append(i)
-                continue
-            if entry[EXPIRES] <= now or (entry[CHECKED] != seq and not memory.revalidate(entry)):
-                memory.delete(ident)
-                pending.append(i)
-                continue
-            payload = entry[DATA]
-            if entry[KIND] == HOLD_EMBEDDING and shape.ok(payload):
-                data.move_to_end(ident)
-                found[text] = payload
+            entry = memory.get(ident, now)
+            if entry is not None and entry[KIND] == HOLD_EMBEDDING and shape.ok(entry[DATA]):
+                found[text] = entry[DATA]
                 hits += 1
                 continue
-            memory.delete(ident)
-            corrupt += 1
+            if entry is not None:
+                memory.delete(ident)
+                corrupt += 1
             pending.append(i)
         self.metrics["memory_hits"] += hits
         self.metrics["corrupt"] += corrupt

@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 from . import _counters, _reclaim
+from ._embedding_ids import embedding_resource_id
 from ._entry import Lookup
 from ._events import EvictionEvent
 from ._keys import KeyPlan, build_plan, text_digest, validate_tenant
@@ -35,8 +36,6 @@ from .errors import BackendUnavailable, InvalidKeyError
 T = TypeVar("T")
 _PLAN_CACHE_SIZE = 50_000
 # Digests of recent texts: a batch of texts seen before costs no hashing (bounded).
-_RIDS_KEPT = 100_000
-_embedding_rids: dict[tuple[str, str], str] = {}
 _RECEIPT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 
 
@@ -352,21 +351,7 @@ class CacheManager:
         return await _reclaim.reclaim_permanent(self.store, validate_tenant(tenant_id), batch)
 
     # -- typed helpers (sections 4.2 and 11) ---------------------------------------------------
-    @staticmethod
-    def embedding_resource_id(text: str, model_name: str) -> str:
-        """The resource id of a text's embedding under a model (a digest: texts are long)."""
-        if not isinstance(text, str) or not isinstance(model_name, str) or not model_name:
-            raise ValueError(
-                f"embedding needs str text and a non-empty str model_name, got {type(text).__name__}, {model_name!r}"
-            )
-        rid = _embedding_rids.get((model_name, text))
-        if rid is not None:
-            return rid
-        rid = "emb_" + text_digest(f"{len(model_name)}:{model_name}{text}")
-        if len(_embedding_rids) >= _RIDS_KEPT:
-            _embedding_rids.clear()
-        _embedding_rids[model_name, text] = rid
-        return rid
+    embedding_resource_id = staticmethod(embedding_resource_id)
 
     @_singleton_method
     async def get_embedding(self, text: str, model_name: str, tenant_id: str) -> list[float] | None:

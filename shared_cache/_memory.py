@@ -140,12 +140,18 @@ class MemoryTier:
     def __contains__(self, ident: Hashable) -> bool:
         return self.get(ident) is not None
 
-    def get(self, ident: Hashable) -> MemoryEntry | None:
-        """The entry, if present, unexpired and valid; an expired or invalidated one is dropped."""
+    def get(self, ident: Hashable, now: float | None = None) -> MemoryEntry | None:
+        """The entry, if present, unexpired and valid; an expired or invalidated one is dropped.
+
+        ``now`` (a reading of ``timer``) lets a caller that looks up many entries in one synchronous
+        pass read the clock once: nothing can evict in between, and an entry that expires during
+        the pass is microseconds late."""
         entry = self._data.get(ident)
         if entry is None:
             return None
-        if entry[EXPIRES] <= self.timer() or (entry[CHECKED] != self.seq and not self.revalidate(entry)):
+        if entry[EXPIRES] <= (self.timer() if now is None else now) or (
+            entry[CHECKED] != self.seq and not self.revalidate(entry)
+        ):
             self._remove(ident)
             return None
         self._data.move_to_end(ident)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._loop_task import LoopTask
 from ._memory import MemoryTier
 from ._metrics import CacheStats, percentile
 from ._subscriber import EvictionSubscriber
@@ -51,15 +52,14 @@ def stats_report(
     return report
 
 
-class StatsPublisher:
+class StatsPublisher(LoopTask):
     """Calls ``publish`` (which leaves the report in Redis) every ``every`` seconds on the loop that
     started it."""
 
     def __init__(self, publish: Callable[[], Awaitable[None]], every: float) -> None:
+        super().__init__()
         self.publish = publish
         self.every = every
-        self.task: asyncio.Task[None] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -70,15 +70,3 @@ class StatsPublisher:
             await asyncio.sleep(self.every)
             with contextlib.suppress(Exception):  # Redis away: the next round tries again
                 await self.publish()
-
-    async def stop(self) -> None:
-        task, self.task = self.task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    def stop_soon(self) -> None:
-        task, self.task = self.task, None
-        if task is not None and not task.done() and self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(task.cancel)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._events import EvictionEvent
+from ._loop_task import LoopTask
 from ._memory import MemoryTier
 from ._metrics import CacheStats
 
@@ -27,7 +28,7 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 2.0
 
 
-class EvictionSubscriber:
+class EvictionSubscriber(LoopTask):
     """Subscribes to ``channel`` with clients from ``connect`` and evicts from ``memory``."""
 
     def __init__(
@@ -38,13 +39,12 @@ class EvictionSubscriber:
         stats: CacheStats,
         origin: str,
     ) -> None:
+        super().__init__()
         self.memory = memory
         self.channel = channel
         self.connect = connect
         self.stats = stats
         self.origin = origin
-        self.task: asyncio.Task[None] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.subscribed = asyncio.Event()
         self.failed = asyncio.Event()  # an attempt to subscribe failed (set until the next success)
         self.connects = 0
@@ -79,19 +79,6 @@ class EvictionSubscriber:
             finally:
                 for waiting in waits:
                     waiting.cancel()
-
-    async def stop(self) -> None:
-        task, self.task = self.task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    def stop_soon(self) -> None:
-        """Cancel without waiting (from synchronous code, e.g. when the singleton is replaced)."""
-        task, self.task = self.task, None
-        if task is not None and not task.done() and self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(task.cancel)
 
     async def _run(self) -> None:
         backoff = _BACKOFF_FIRST
