@@ -15,9 +15,10 @@ import redis
 
 from bench._util import percentile
 from devtools.embedded import EmbeddedPostgres as PostgresServer
+from devtools.embedded import broker_url
 from shared_cache import CacheManager
 from tasks.settings import TaskSettings
-from tests.celery_worker import CeleryWorker
+from tests.celery_worker import CeleryWorker, worker_env
 from tests.node import Node
 from worker.app import make_app
 from worker.listener import Listener
@@ -31,7 +32,7 @@ PREFIX, CHANNEL = "bw:", "bw:evictions"
 
 async def _listening(redis_url: str, dsn: str, slot: str) -> tuple[Listener, asyncio.Event, asyncio.Task[None]]:
     cache = CacheManager.configure(redis_url=redis_url, key_prefix=PREFIX, eviction_channel=CHANNEL)
-    tasks = TaskSettings(broker_url=redis_url.rsplit("/", 1)[0] + "/1")
+    tasks = TaskSettings(broker_url=broker_url(redis_url))
     listener = Listener(ListenerSettings(), Planner(DEFAULT_RULES), make_app(tasks), cache, redis_url, tasks)
     listener.add_source(PostgresLogicalSource(dsn, Planner(DEFAULT_RULES).tables, slot=slot, poll_interval=0.01))
     stop = asyncio.Event()
@@ -41,12 +42,7 @@ async def _listening(redis_url: str, dsn: str, slot: str) -> tuple[Listener, asy
 
 async def worker_benchmarks(rows: list[Row], redis_url: str, quick: bool) -> None:
     pg = PostgresServer().start()
-    env = {
-        "SHARED_CACHE_REDIS_URL": redis_url,
-        "SHARED_CACHE_KEY_PREFIX": PREFIX,
-        "SHARED_CACHE_EVICTION_CHANNEL": CHANNEL,
-        "SHARED_CACHE_WORKER_BROKER_URL": redis_url.rsplit("/", 1)[0] + "/1",
-    }
+    env = worker_env(redis_url, PREFIX, CHANNEL)
     celery = CeleryWorker(env, concurrency=2, queues="invalidation").start()
     try:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
@@ -165,7 +161,7 @@ async def commit_to_eviction(rows: list[Row], redis_url: str, dsn: str, updates:
 
 
 async def throughput(rows: list[Row], redis_url: str, dsn: str, quick: bool) -> None:
-    broker = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1")
+    broker = redis.Redis.from_url(broker_url(redis_url))
     results: list[str] = []
     for size in (1_000, 5_000) if quick else (1_000, 20_000):
         listener, stop, task = await _listening(redis_url, dsn, f"bench_tp_{size}")

@@ -29,7 +29,7 @@ from typing import Any
 from devtools.demo_data import TENANTS, Writes, seed, write
 from devtools.demo_readers import document_reader, query_service
 from devtools.demo_status import Status
-from devtools.embedded import EmbeddedCeleryWorker, EmbeddedPostgres, EmbeddedRedis, end_process
+from devtools.embedded import EmbeddedCeleryWorker, EmbeddedPostgres, EmbeddedRedis, broker_url, end_process
 from devtools.local_model import ensure_local_model
 from shared_cache import Keyspace
 from tasks.support import mask_url
@@ -105,9 +105,7 @@ class Demo:
         return {
             "SHARED_CACHE_REDIS_URL": redis_url,
             "SHARED_CACHE_KEY_PREFIX": PREFIX,
-            "SHARED_CACHE_WORKER_BROKER_URL": os.environ.get(
-                "SHARED_CACHE_WORKER_BROKER_URL", redis_url.rsplit("/", 1)[0] + "/1"
-            ),
+            "SHARED_CACHE_WORKER_BROKER_URL": os.environ.get("SHARED_CACHE_WORKER_BROKER_URL", broker_url(redis_url)),
             "SHARED_CACHE_WORKER_DATABASE_URL": dsn,
             "SHARED_CACHE_WORKER_SLOT_NAME": os.environ.get("SHARED_CACHE_WORKER_SLOT_NAME", "shared_cache_demo"),
             "SHARED_CACHE_WORKER_EMBEDDING_PROVIDER": self.provider,

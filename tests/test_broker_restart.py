@@ -25,7 +25,7 @@ from devtools.embedded import EmbeddedRedis as RedisServer
 from shared_cache import CacheManager
 from tasks.contracts import InvalidateCall
 from tasks.settings import TaskSettings
-from tests.celery_worker import CeleryWorker
+from tests.celery_worker import CeleryWorker, worker_env
 from tests.node import Node
 from tests.waiting import wait_until
 from worker.app import make_app
@@ -46,12 +46,7 @@ def server() -> Iterator[RedisServer]:
 
 
 def environment(server: RedisServer) -> dict[str, str]:
-    return {
-        "SHARED_CACHE_REDIS_URL": server.url,
-        "SHARED_CACHE_KEY_PREFIX": PREFIX,
-        "SHARED_CACHE_EVICTION_CHANNEL": CHANNEL,
-        "SHARED_CACHE_WORKER_BROKER_URL": server.url.rsplit("/", 1)[0] + "/1",
-    }
+    return worker_env(server.url, PREFIX, CHANNEL)
 
 
 def restart(server: RedisServer, down_s: float = 1.0) -> None:

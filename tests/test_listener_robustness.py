@@ -26,7 +26,7 @@ from devtools.embedded import EmbeddedPostgres as PostgresServer
 from devtools.embedded import EmbeddedRedis as RedisServer
 from devtools.embedded import end_process
 from shared_cache import CacheManager, Keyspace
-from tests.celery_worker import CeleryWorker
+from tests.celery_worker import CeleryWorker, worker_env
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,11 +72,7 @@ def server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def env(server: RedisServer) -> dict[str, str]:
-    return {
-        "SHARED_CACHE_REDIS_URL": server.url,
-        "SHARED_CACHE_KEY_PREFIX": PREFIX,
-        "SHARED_CACHE_EVICTION_CHANNEL": CHANNEL,
-        "SHARED_CACHE_WORKER_BROKER_URL": server.url.rsplit("/", 1)[0] + "/1",
+    return worker_env(server.url, PREFIX, CHANNEL) | {
         "SHARED_CACHE_WORKER_CHANGES_CHANNEL": CHANGES,
         "SHARED_CACHE_WORKER_DEAD_LETTER_KEY": DEAD,
         "SHARED_CACHE_WORKER_SOURCES": '["redis"]',

@@ -19,7 +19,7 @@ from devtools.embedded import EmbeddedPostgres as PostgresServer
 from devtools.embedded import EmbeddedRedis as RedisServer
 from shared_cache import CacheManager
 from tasks.settings import TaskSettings
-from tests.celery_worker import CeleryWorker
+from tests.celery_worker import CeleryWorker, worker_env
 from tests.node import Node
 from tests.waiting import wait_until
 from worker.app import make_app
@@ -55,14 +55,7 @@ def pg() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="module")
 def env(redis_url: str) -> dict[str, str]:
-    base = redis_url.rsplit("/", 1)[0]
-    return {
-        "SHARED_CACHE_REDIS_URL": redis_url,
-        "SHARED_CACHE_KEY_PREFIX": PREFIX,
-        "SHARED_CACHE_EVICTION_CHANNEL": CHANNEL,
-        "SHARED_CACHE_WORKER_BROKER_URL": f"{base}/1",
-        "SHARED_CACHE_WORKER_VISIBILITY_TIMEOUT_S": "5",
-    }
+    return worker_env(redis_url, PREFIX, CHANNEL) | {"SHARED_CACHE_WORKER_VISIBILITY_TIMEOUT_S": "5"}
 
 
 @pytest.fixture(scope="module")
