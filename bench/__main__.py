@@ -15,7 +15,18 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import figures, first_read, invalidation, memory_invalidation, read_path, service, stale, warming, worker
+from bench import (
+    figures,
+    first_read,
+    instructions,
+    invalidation,
+    memory_invalidation,
+    read_path,
+    service,
+    stale,
+    warming,
+    worker,
+)
 from devtools.embedded import EmbeddedRedis as RedisServer
 from shared_cache import CacheManager
 
@@ -30,6 +41,7 @@ def progress(text: str) -> None:
 async def read_part(rows: list[Row], url: str, quick: bool) -> None:
     for name, step in (
         ("memory hit", read_path.memory_hit(rows)),
+        ("memory hit, instructions (perf stat)", instructions.instructions(rows, url, quick)),
         ("first read", first_read.first_read(rows, url, 300 if quick else 2000)),
         ("redis hit", read_path.redis_hit(rows, url)),
         ("miss", read_path.miss(rows, url)),

@@ -73,7 +73,8 @@ async def get_with_cache_aside(
     memory = manager.memory
     if memory is not None:
         # Hot path: MemoryTier.get and entry_value inlined (this is the 1.5 us budget).
-        # Entry slots (see _memory): 0 expiry, 1 kind, 2 data, 3 key, 4 level, 7 checked, 8 hit counter.
+        # Entry slots (see _memory): 0 expiry, 1 kind, 2 data, 3 key, 4 level, 7 checked, 8 hit counter,
+        # 9 metrics without the latency (built on the first hit).
         data = memory._data
         entry = data.get(ident)
         if entry is not None:
@@ -101,13 +102,18 @@ async def get_with_cache_aside(
                     if not count & 7:  # one latency sample in eight keeps the hot path cheap
                         manager.stats.sample(data_type, "memory", latency)
                         manager.stats.tenant_sample(tenant_id, latency)  # type: ignore[arg-type]
-                    return value, {
-                        "source": "cache",
-                        "tier": "memory",
-                        "key": entry[3],
-                        "level": entry[4],
-                        "latency_ms": latency,
-                    }
+                    metrics = entry[9]
+                    if metrics is None:
+                        metrics = entry[9] = {
+                            "source": "cache",
+                            "tier": "memory",
+                            "key": entry[3],
+                            "level": entry[4],
+                            "latency_ms": 0.0,
+                        }
+                    metrics = metrics.copy()
+                    metrics["latency_ms"] = latency
+                    return value, metrics
             else:
                 memory.delete(ident)
     return await _read_through(

@@ -35,8 +35,10 @@ HOLD_CUSTOM = 3  # JSON body of a custom serializer, passed through the caller's
 HOLD_FLAT = 4  # dict or list of scalars: a shallow copy is a full copy, and 4x cheaper than a decode
 
 # A memory entry is a list (mutable: CHECKED moves forward on a hit): these are its slots. HITS is the
-# memory-hit counter of the entry's data type and tenant (``CacheStats.memory_cell``).
-EXPIRES, KIND, DATA, KEY, LEVEL, SIZE, SCOPES, CHECKED, HITS = range(9)
+# memory-hit counter of the entry's data type and tenant (``CacheStats.memory_cell``). METRICS is the
+# hit's metrics without its latency, built on the first hit (None until then): each hit returns a
+# copy, which costs half of building the dict anew; entries never hit (most of a batch's) hold none.
+EXPIRES, KIND, DATA, KEY, LEVEL, SIZE, SCOPES, CHECKED, HITS, METRICS = range(10)
 MemoryEntry = list[Any]
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -195,7 +197,7 @@ class MemoryTier:
         if size > self.max_bytes:
             return False
         checked = self.seq if seq is None else seq
-        entry = [self.timer() + lifetime, kind, data, key, level, size, scopes, checked, hits or [0]]
+        entry = [self.timer() + lifetime, kind, data, key, level, size, scopes, checked, hits or [0], None]
         if entry[CHECKED] != self.seq and not self.revalidate(entry):
             self.delete(ident)  # a scope of it was evicted while it was fetched: never kept
             return False
@@ -224,7 +226,7 @@ class MemoryTier:
             if size > self.max_bytes:
                 continue
             entry = [now + (cap if ttl <= 0 else min(ttl, cap)), HOLD_EMBEDDING, payload, key, "tenant", size,
-                     scopes, seq, hits]  # fmt: skip
+                     scopes, seq, hits, None]  # fmt: skip
             if not valid and not self.revalidate(entry):
                 continue
             old = data.pop(ident, None)

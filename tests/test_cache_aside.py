@@ -212,6 +212,22 @@ async def test_memory_hit_value_can_be_mutated(manager: CacheManager) -> None:
     assert (await get_with_cache_aside("document", "flat", "t", Db(0).fetch))[0] == {"n": 1}
 
 
+async def test_memory_hit_metrics_are_the_callers_own(manager: CacheManager) -> None:
+    """A hit's metrics are copied from a dict the entry keeps: what one caller does to them must not
+    reach the next hit's."""
+    await get_with_cache_aside("document", "m", "t", lambda r, t, c: {"n": 1})
+    hits = []
+    for _ in range(3):
+        _, metrics = await get_with_cache_aside("document", "m", "t", Db(0).fetch)
+        hits.append(metrics)
+        metrics["key"], metrics["latency_ms"], metrics["extra"] = "changed", -1.0, True
+    assert len({id(m) for m in hits}) == 3
+    _, metrics = await get_with_cache_aside("document", "m", "t", Db(0).fetch)
+    assert metrics["key"] == f"{manager.prefix}{{t}}:document:m" and "extra" not in metrics
+    assert metrics["tier"] == "memory" and metrics["level"] == "tenant" and metrics["latency_ms"] >= 0
+    assert set(metrics) == {"source", "tier", "key", "level", "latency_ms"}
+
+
 async def test_ttl_per_type_and_explicit(manager: CacheManager) -> None:
     await get_with_cache_aside("query_result", "q", "t", lambda r, t, c: [1])
     assert 290 <= await manager.ttl("query_result", "q", "t") <= 300
