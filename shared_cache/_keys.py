@@ -115,7 +115,8 @@ class KeyPlan(NamedTuple):
     resource, then agent, conversation, collection where given. ``level_gens[i]`` lists (0-based)
     which of them tag an entry at level ``i``. ``scopes`` are the same scopes as tuples, for the
     memory tier. ``mget_keys`` is what one lookup reads: entries, generations, then the lease;
-    ``lookup_args`` the level count and, per level, its counters as 1-based digits (lookup.lua).
+    ``lookup_args`` the level count and, six characters a level, its counters as 1-based digits
+    padded with "0" (lookup.lua).
     """
 
     tenant_id: str
@@ -136,7 +137,7 @@ class _Shape(NamedTuple):
     levels: tuple[tuple[int, ...], ...]  # per level, which of the given parts its key holds (indexes)
     names: tuple[str, ...]
     gens: tuple[tuple[int, ...], ...]  # per level, indexes into the plan's generation counters
-    lookup_args: tuple[int | str, ...]  # the level count, then each level's counters as 1-based digits
+    lookup_args: tuple[int | str, ...]  # the level count, then the levels' counters (see KeyPlan)
 
 
 # The six levels of section 10.2, most specific first, as (agent, conv, coll) presence flags.
@@ -161,8 +162,8 @@ def _shape(given: tuple[bool, bool, bool]) -> _Shape:
     gens = tuple((0, 1, 2, *(slot[i] for i in range(3) if level[i])) for level in levels)
     present = [i for i in range(3) if given[i]]  # the given parts, in order
     held = tuple(tuple(present.index(i) for i in range(3) if level[i]) for level in levels)
-    digits = tuple("".join(str(j + 1) for j in level) for level in gens)
-    return _Shape(held, names, gens, (len(levels), *digits))
+    shape = "".join("".join(str(j + 1) for j in level).ljust(6, "0") for level in gens)
+    return _Shape(held, names, gens, (len(levels), shape))
 
 
 _SHAPES = {(a, b, c): _shape((a, b, c)) for a in (False, True) for b in (False, True) for c in (False, True)}

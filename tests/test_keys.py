@@ -107,7 +107,7 @@ def test_lookup_replies_parse() -> None:
     assert ours.leased and ours.holder is None
     plan = build_plan("", "document", "t", "d", agent_id="a")
     assert plan.mget_keys == (*plan.entry_keys, *plan.gen_keys, plan.lease_key)
-    assert plan.lookup_args == (2, "1234", "123")  # agent level: t, type, res, agent; basic: t, type, res
+    assert plan.lookup_args == (2, "123400123000")  # agent level: t, type, res, agent; basic: t, type, res
 
 
 def test_ids_that_compare_equal_to_another_are_refused() -> None:

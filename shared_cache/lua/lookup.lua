@@ -4,9 +4,12 @@
 -- KEYS[n+1..n+m]    the generation counters of the request's scopes
 -- KEYS[n+m+1]       the lease of the most specific entry
 -- ARGV[1]           n
--- ARGV[2..n+1]      per level, which counters tag its entry: 1-based indexes, one digit each ("1236")
--- ARGV[n+2]         lease token to take the lease with on a miss, or '' to take none
--- ARGV[n+3]         lease time to live in milliseconds
+-- ARGV[2]           per level, which counters tag its entry: six characters a level, 1-based
+--                   indexes padded with '0' ("123400123000": level 1 tagged by counters 1-4,
+--                   level 2 by 1-3): one argument, not one a level, as each argument costs
+--                   the script about as much as a few lines of it
+-- ARGV[3]           lease token to take the lease with on a miss, or '' to take none
+-- ARGV[4]           lease time to live in milliseconds
 --
 -- An entry is "tag|expiry|payload" (tag: its counters' values when it was fetched, joined by ',';
 -- a missing counter reads as 0). The first entry whose tag equals the current values wins. Entries
@@ -17,33 +20,35 @@
 local n = tonumber(ARGV[1])
 local m = #KEYS - n - 1
 local values = redis.call('MGET', unpack(KEYS, 1, n + m))
-local gens = {}
-for j = 1, m do
-  gens[j] = values[n + j] or '0'
-end
+local shape = ARGV[2]
+local byte = string.byte
 local function tag_of(level)
-  local digits = ARGV[1 + level]
-  local parts = {}
-  for k = 1, #digits do
-    parts[k] = gens[string.byte(digits, k) - 48]
+  local base = (level - 1) * 6
+  local tag = values[n + byte(shape, base + 1) - 48] or '0'
+  for k = 2, 6 do
+    local counter = byte(shape, base + k) - 48
+    if counter == 0 then
+      break
+    end
+    tag = tag .. ',' .. (values[n + counter] or '0')
   end
-  return table.concat(parts, ',')
+  return tag
 end
 for i = 1, n do
   local entry = values[i]
   if entry then
     local tag = tag_of(i)
-    if string.sub(entry, 1, #tag + 1) == tag .. '|' then
+    if string.byte(entry, #tag + 1) == 124 and string.sub(entry, 1, #tag) == tag then -- 124: '|'
       return {i, entry}
     end
     redis.call('DEL', KEYS[i])
   end
 end
-local token = ARGV[n + 2]
+local token = ARGV[3]
 local leased = 0
 local holder = false
 if token ~= '' then
-  if redis.call('SET', KEYS[#KEYS], token, 'NX', 'PX', ARGV[n + 3]) then
+  if redis.call('SET', KEYS[#KEYS], token, 'NX', 'PX', ARGV[4]) then
     leased = 1
   else
     holder = redis.call('GET', KEYS[#KEYS])
