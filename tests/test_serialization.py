@@ -36,6 +36,17 @@ def test_embeddings_round_trip_at_float32(vector: list[float]) -> None:
     assert deserialize_from_cache(payload, "embedding") == vector
 
 
+numbers = st.floats() | st.integers(-(2**200), 2**200) | st.booleans()
+
+
+@given(st.lists(numbers, max_size=40) | st.tuples(numbers, numbers))
+def test_embedding_bytes_are_float32_casts_of_any_numbers(vector: list[float]) -> None:
+    """Whatever the numbers (nan, infinities, beyond float32's range, huge ints, bools), the payload
+    holds the C float32 cast of each, as ``array("f")`` stores it: the fast path must not differ."""
+    payload = serialize_for_cache(vector, "embedding")
+    assert payload == b"e" + len(vector).to_bytes(4, "little") + array("f", vector).tobytes()
+
+
 def test_embedding_is_compact_and_fast_to_decode() -> None:
     vector = [math.sin(i) for i in range(1536)]
     payload = serialize_for_cache(vector, "embedding")
