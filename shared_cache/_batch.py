@@ -18,6 +18,7 @@ import inspect
 import struct
 import time
 from collections.abc import Callable, Sequence
+from itertools import islice, repeat
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -80,8 +81,7 @@ async def get_embeddings_batch_with_cache(
     metrics (``cache_hits``, ``cache_misses`` counted per distinct text, plus ``memory_hits``,
     ``redis_hits``, ``duplicates``, ``corrupt``, ``round_trips``...)."""
     start = perf_counter()
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts must be a sequence of str (not a single str)")
+    _check_texts(texts)
     if not callable(embedding_provider):
         raise TypeError(f"embedding_provider must be callable with a list of texts, got {embedding_provider!r}")
     tenant = validate_tenant(tenant_id)
@@ -94,7 +94,8 @@ async def get_embeddings_batch_with_cache(
     batch.from_memory()
     if batch.pending:
         await batch.lookup()
-    missing = [i for i in batch.pending if batch.unique[i] not in batch.found]
+    unique, found = batch.unique, batch.found
+    missing = [i for i in batch.pending if unique[i] not in found]
     if missing:
         await batch.generate(embedding_provider, missing, ttl)
     out = _as_matrix(texts, batch.found) if as_numpy else _as_lists(texts, batch.found)
@@ -106,6 +107,15 @@ async def get_embeddings_batch_with_cache(
     if metrics["corrupt"]:
         manager.stats.errors["corrupt_entry"] += metrics["corrupt"]
     return out, metrics
+
+
+def _check_texts(texts: Any) -> None:
+    """A list or tuple of str (a generator would be used up before its texts were looked up)."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise ValueError(f"texts must be a sequence of str (a list or tuple), got {type(texts).__name__}")
+    if not all(map(isinstance, texts, repeat(str))):  # the loop in C: it runs on every batch
+        position, bad = next((i, t) for i, t in enumerate(texts) if not isinstance(t, str))
+        raise ValueError(f"texts must be a sequence of str, got {type(bad).__name__} at position {position}")
 
 
 class _Batch:
@@ -129,9 +139,6 @@ class _Batch:
         self.entry_prefix = f"{keys.tenant_tag(tenant)}:{_TYPE}:"
         self.gen_prefix = keys.generation((tenant, "res", _TYPE, ""))
         self.metrics: dict[str, Any] = {"memory_hits": 0, "redis_hits": 0, "round_trips": 0, "corrupt": 0}
-
-    def ident(self, i: int) -> tuple[str, str, str, None, None, None]:
-        return (_TYPE, self.tenant, self.rids[i], None, None, None)
 
     def entry_key(self, i: int) -> str:
         return self.entry_prefix + self.rids[i]
@@ -175,32 +182,42 @@ class _Batch:
             self.manager.stats.error("redis")
             return
         head_tag = (reply[0] or b"0") + b"," + (reply[1] or b"0") + b","
-        memory, found, shape, unique = self.memory, self.found, self.shape, self.unique
-        now = time.time()
-        hits: list[tuple[int, bytes, float]] = []
-        for k, i in enumerate(self.pending):
-            want = head_tag + (reply[3 + 2 * k] or b"0")
-            raw = reply[2 + 2 * k]
+        found, shape, unique, tags = self.found, self.shape, self.unique, self.tags
+        rows: list[int] = []
+        payloads: list[bytes] = []
+        expiries: list[bytes] = []
+        corrupt = 0
+        # the reply: the two head generations, then each pending text's entry and resource generation
+        for i, raw, res_gen in zip(self.pending, islice(reply, 2, None, 2), islice(reply, 3, None, 2), strict=True):
+            want = head_tag + (res_gen or b"0")
             if raw is not None:
                 parts = raw.split(b"|", 2)  # tag|expiry|payload (_entry's format)
                 if len(parts) == 3 and parts[0] == want and parts[1].isdigit():
                     payload = parts[2]
                     if shape.ok(payload):
                         found[unique[i]] = payload
-                        expiry = int(parts[1]) / 1000.0
-                        hits.append((i, payload, expiry - now if expiry else 0.0))
+                        rows.append(i)
+                        payloads.append(payload)
+                        expiries.append(parts[1])
                         continue
-                    self.metrics["corrupt"] += 1  # current but unreadable: regenerated and written over
-            self.tags[i] = want
-        self.metrics["redis_hits"] = len(hits)
-        if memory is not None:
-            self.remember(memory, [(i, payload, left) for i, payload, left in hits if left >= 0])
+                    corrupt += 1  # current but unreadable: regenerated and written over
+            tags[i] = want
+        self.metrics["redis_hits"] = len(rows)
+        self.metrics["corrupt"] += corrupt
+        if self.memory is not None and rows:
+            now = time.time()  # seconds each has left in Redis (0: no expiry)
+            lefts = [ms / 1000.0 - now if (ms := int(expiry)) else 0.0 for expiry in expiries]
+            self.remember(self.memory, rows, payloads, lefts)
 
-    def remember(self, memory: MemoryTier, items: list[tuple[int, bytes, float]]) -> None:
-        tenant, head = self.tenant, ((self.tenant,), (self.tenant, "type", _TYPE))
+    def remember(self, memory: MemoryTier, rows: list[int], payloads: list[bytes], lefts: list[float]) -> None:
+        """Keep embeddings in the memory tier for no longer than they have left in Redis (``lefts``:
+        0 for no expiry; an entry that expired meanwhile is not kept)."""
+        tenant, rids, prefix = self.tenant, self.rids, self.entry_prefix
+        tenant_scope, type_scope = (tenant,), (tenant, "type", _TYPE)
         memory.set_embeddings(
-            [(self.ident(i), payload, ttl, self.entry_key(i), (*head, (tenant, "res", _TYPE, self.rids[i])))
-             for i, payload, ttl in items],
+            [((_TYPE, tenant, rids[i], None, None, None), payload, left, prefix + rids[i],
+              (tenant_scope, type_scope, (tenant, "res", _TYPE, rids[i])))
+             for i, payload, left in zip(rows, payloads, lefts, strict=True) if left >= 0],
             self.seq,
             self.cell,
         )  # fmt: skip
@@ -212,8 +229,9 @@ class _Batch:
         seconds = ttl_for(_TYPE, ttl, self.manager.settings.ttl_jitter)
         await self.store(missing, payloads, seconds)
         if self.memory is not None:  # kept no longer than in Redis (0: no expiry, the tier's own cap)
-            new = [(i, p, float(seconds)) for i, p in zip(missing, payloads, strict=True) if i in self.tags]
-            self.remember(self.memory, new)
+            written = [(i, p) for i, p in zip(missing, payloads, strict=True) if i in self.tags]
+            rows, kept = [i for i, _ in written], [p for _, p in written]
+            self.remember(self.memory, rows, kept, [float(seconds)] * len(rows))
 
     async def store(self, missing: list[int], payloads: list[bytes], seconds: int) -> None:
         manager = self.manager

@@ -219,22 +219,23 @@ class MemoryTier:
         """Keep many embedding payloads at once (the batch path): ``(ident, payload, ttl, key, scopes)``
         each, as :meth:`set` would, with one clock read and no per-entry decoding."""
         now = self.timer()
-        data, cap = self._data, self.ttl_cap
+        data, cap, max_bytes, kind = self._data, self.ttl_cap, self.max_bytes, HOLD_EMBEDDING
         valid = seq == self.seq
+        added = 0
         for ident, payload, ttl, key, scopes in items:
             size = len(payload) + 64 + len(key)
-            if size > self.max_bytes:
+            if size > max_bytes:
                 continue
-            entry = [now + (cap if ttl <= 0 else min(ttl, cap)), HOLD_EMBEDDING, payload, key, "tenant", size,
-                     scopes, seq, hits, None]  # fmt: skip
+            entry = [now + (ttl if 0 < ttl < cap else cap), kind, payload, key, "tenant", size, scopes, seq, hits, None]
             if not valid and not self.revalidate(entry):
                 continue
             old = data.pop(ident, None)
             if old is not None:
-                self.bytes -= old[SIZE]
+                added -= old[SIZE]
             data[ident] = entry
-            self.bytes += size
-        while len(data) > self.max_entries or self.bytes > self.max_bytes:
+            added += size
+        self.bytes += added
+        while len(data) > self.max_entries or self.bytes > max_bytes:
             self._remove(next(iter(data)))
 
     def delete(self, ident: Hashable) -> bool:

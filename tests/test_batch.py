@@ -78,8 +78,14 @@ async def test_numpy_provider_and_async_provider(manager: CacheManager) -> None:
 async def test_provider_errors_and_bad_answers(manager: CacheManager) -> None:
     with pytest.raises(ValueError, match="returned 1 embeddings for 2 texts"):
         await get_embeddings_batch_with_cache(["x", "y"], "t", "m", lambda ts: [[1.0]])
-    with pytest.raises(ValueError, match="texts must be a sequence of str"):
+    with pytest.raises(ValueError, match=r"texts must be a sequence of str .*got str"):
         await get_embeddings_batch_with_cache("not a list", "t", "m", Provider())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="got generator"):  # it would be used up before the lookup
+        await get_embeddings_batch_with_cache((t for t in ["x"]), "t", "m", Provider())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="got bytes at position 1"):
+        await get_embeddings_batch_with_cache(["x", b"y"], "t", "m", Provider())  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="got NoneType"):
+        await get_embeddings_batch_with_cache(None, "t", "m", Provider())  # type: ignore[arg-type]
 
     def boom(texts: list[str]) -> Any:
         raise RuntimeError("provider down")
