@@ -236,11 +236,13 @@ class _Batch:
     async def store(self, missing: list[int], payloads: list[bytes], seconds: int) -> None:
         manager = self.manager
         keys = list(self.head)
-        args: list[Any] = [seconds * 1000, int((time.time() + seconds) * 1000) if seconds else 0]
+        args: list[Any] = [seconds * 1000]
+        expiry = b"|%d|" % (int((time.time() + seconds) * 1000) if seconds else 0)
+        tags = self.tags
         for i, payload in zip(missing, payloads, strict=True):
-            if i in self.tags:
+            if i in tags:
                 keys += (self.entry_key(i), self.res_gen(i))
-                args += (self.tags[i], payload)
+                args.append(tags[i] + expiry + payload)  # the entry as stored (_entry's format)
         if len(keys) == 2:
             return
         try:
