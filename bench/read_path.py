@@ -7,6 +7,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aredis
@@ -33,18 +34,18 @@ async def memory_hit(rows: list[Row]) -> None:
 
     await get_with_cache_aside("document", "doc_123", "tenant_abc", fetch)
 
-    async def ours() -> object:
-        return await get_with_cache_aside("document", "doc_123", "tenant_abc", fetch)
+    def ours() -> Awaitable[object]:  # called as the others are: a call that returns the awaitable
+        return get_with_cache_aside("document", "doc_123", "tenant_abc", fetch)
 
     cashews = Cache()
     cashews.setup("mem://")
     await cashews.set("k", VALUE)
     aio = SimpleMemoryCache()
     await aio.set("k", VALUE)
-    n = 50_000
-    t_ours = await per_op_us(ours, n)
-    t_cashews = await per_op_us(lambda: cashews.get("k"), n)
-    t_aio = await per_op_us(lambda: aio.get("k"), n)
+    times = await per_op_us(
+        {"ours": ours, "cashews": lambda: cashews.get("k"), "aiocache": lambda: aio.get("k")}, 20_000
+    )
+    t_ours, t_cashews, t_aio = times["ours"], times["cashews"], times["aiocache"]
     rows.append(
         (
             "memory-tier hit via get_with_cache_aside (goal <= 1.5 us, >= 3x faster than cashews)",
