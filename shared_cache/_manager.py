@@ -35,7 +35,6 @@ from .errors import BackendUnavailable, InvalidKeyError
 
 T = TypeVar("T")
 _PLAN_CACHE_SIZE = 50_000
-# Digests of recent texts: a batch of texts seen before costs no hashing (bounded).
 _RECEIPT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 
 

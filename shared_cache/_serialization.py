@@ -23,6 +23,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -94,17 +95,10 @@ def encode_embedding(vector: Any) -> bytes:
     return b"e" + _DIM.pack(len(floats)) + floats.tobytes()
 
 
-_PACKERS: dict[int, struct.Struct] = {}
-
-
+@lru_cache(maxsize=16)
 def _float32s(dim: int) -> struct.Struct:
     """The little-endian float32 packer of ``dim`` values (a service uses one or two dimensions)."""
-    packer = _PACKERS.get(dim)
-    if packer is None:
-        if len(_PACKERS) >= 16:
-            _PACKERS.clear()
-        packer = _PACKERS[dim] = struct.Struct(f"<{dim}f")
-    return packer
+    return struct.Struct(f"<{dim}f")
 
 
 def decode_embedding(payload: bytes) -> list[float]:

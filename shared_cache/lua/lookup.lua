@@ -38,7 +38,7 @@ for i = 1, n do
   local entry = values[i]
   if entry then
     local tag = tag_of(i)
-    if string.byte(entry, #tag + 1) == 124 and string.sub(entry, 1, #tag) == tag then -- 124: '|'
+    if byte(entry, #tag + 1) == 124 and string.sub(entry, 1, #tag) == tag then -- 124: '|'
       return {i, entry}
     end
     redis.call('DEL', KEYS[i])
