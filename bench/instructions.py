@@ -17,57 +17,31 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from bench.read_path import memory_hit_calls
+
 Row = tuple[str, str, str, str]
-VALUE = {"id": "doc_123", "title": "Quarterly report", "pages": 12, "public": True}
 LIBRARIES = ("shared_cache", "cashews", "aiocache", "empty coroutine")
 
 
 async def _loop(library: str, url: str, n: int) -> None:
-    """Runs in the fresh process: set up one cached value, then ``n`` hits of it."""
-    if library == "shared_cache":
-        from shared_cache import CacheManager, get_with_cache_aside
+    """Runs in the fresh process: the library's memory-tier hit (set up as the timed benchmark sets
+    it up), once to warm, then ``n`` times."""
+
+    async def nothing() -> None:
+        return None
+
+    call: Callable[[], Awaitable[object]] = nothing
+    if library != "empty coroutine":
+        from shared_cache import CacheManager
 
         CacheManager.configure(redis_url=url, key_prefix="binstr:", stats_publish_seconds=0)
-
-        async def fetch(resource_id: str, tenant_id: str, ctx: object) -> dict[str, object]:
-            return dict(VALUE)
-
-        await get_with_cache_aside("document", "doc_123", "tenant_abc", fetch)
-        await get_with_cache_aside("document", "doc_123", "tenant_abc", fetch)  # a hit: warm
-
-        def call() -> object:
-            return get_with_cache_aside("document", "doc_123", "tenant_abc", fetch)
-
-    elif library == "cashews":
-        from cashews import Cache
-
-        cache = Cache()
-        cache.setup("mem://")
-        await cache.set("k", VALUE)
-
-        def call() -> object:
-            return cache.get("k")
-
-    elif library == "aiocache":
-        from aiocache import SimpleMemoryCache
-
-        aio = SimpleMemoryCache()
-        await aio.set("k", VALUE)
-
-        def call() -> object:
-            return aio.get("k")
-
-    else:
-
-        async def nothing() -> None:
-            return None
-
-        call = nothing
-    await call()  # type: ignore[misc]
+        call = (await memory_hit_calls())[library]
+    await call()
     for _ in range(n):
-        await call()  # type: ignore[misc]
+        await call()
 
 
 def child(library: str, url: str, n: int) -> None:
