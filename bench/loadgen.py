@@ -5,6 +5,13 @@ Keys: rank ``r`` in 1..N, drawn with probability proportional to ``1 / r**s``; r
 ``d{r}`` of tenant ``t{r % tenants}``, so the hot keys are spread over the tenants. Both generators
 keep ``connections`` keep-alive connections busy for ``seconds`` and report requests per second and
 latency percentiles (wrk's own: it measures from the request's send to its response).
+
+Both are closed loops: each connection sends its next request when the last one is answered, so the
+faster endpoint also gets more load. :func:`run_paced` is the open loop a service meets in
+production: requests arrive at a fixed mean rate (Poisson arrivals from a seeded generator, so two
+endpoints get the very same arrivals and keys), each on a free keep-alive connection, and each is
+timed from when it was due, not from when it could be sent, so a stall counts against every request
+that arrived during it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +127,81 @@ def run_wrk(wrk: str, url: str, prefix: str, keys: Keys, seconds: float, connect
     )
 
 
+def run_paced(
+    host: str, port: int, prefix: str, keys: Keys, seconds: float, rate: float, connections: int = 64, seed: int = 7
+) -> LoadResult:
+    """``rate`` requests a second for ``seconds``, open loop (see the module's docstring)."""
+    try:
+        import uvloop  # the generator's own overhead, which delays its arrivals, is lower under uvloop
+    except ImportError:
+        return asyncio.run(_paced_load(host, port, prefix, keys, seconds, rate, connections, seed))
+    return uvloop.run(_paced_load(host, port, prefix, keys, seconds, rate, connections, seed))
+
+
+def arrivals(keys: Keys, prefix: str, rate: float, seconds: float, seed: int) -> Iterator[tuple[float, str]]:
+    """(seconds from the start, path) of each request of a Poisson stream at ``rate`` a second: the
+    same seed gives the same times and ranks whatever the prefix."""
+    rng, cdf = keys.sampler(seed)
+    total, at = cdf[-1], 0.0
+    while True:
+        at += rng.expovariate(rate)
+        if at >= seconds:
+            return
+        rank = bisect.bisect_left(cdf, rng.random() * total) + 1
+        yield at, keys.path(prefix, rank)
+
+
+async def _paced_load(
+    host: str, port: int, prefix: str, keys: Keys, seconds: float, rate: float, connections: int, seed: int
+) -> LoadResult:
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        idle.put_nowait(await asyncio.open_connection(host, port))
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(due: float, request: bytes) -> None:
+        nonlocal errors
+        reader, writer = await idle.get()  # waiting for a free connection counts: the request is due
+        try:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(_content_length(head))
+            latencies.append((time.perf_counter() - due) * 1000)
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors += 1
+        except (OSError, asyncio.IncompleteReadError):
+            errors += 1
+            writer.close()
+            reader, writer = await asyncio.open_connection(host, port)
+        finally:
+            idle.put_nowait((reader, writer))
+
+    pending: set[asyncio.Task[None]] = set()
+    started = time.perf_counter()
+    for at, path in arrivals(keys, prefix, rate, seconds, seed):
+        due = started + at
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        task = asyncio.create_task(one(due, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
+    elapsed = time.perf_counter() - started
+    while not idle.empty():
+        idle.get_nowait()[1].close()
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    return LoadResult("paced", len(latencies), elapsed, errors, p50, p99)
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
 def run_python(host: str, port: int, prefix: str, keys: Keys, seconds: float, connections: int = 32) -> LoadResult:
     """The fallback generator: ``connections`` asyncio keep-alive connections in this process."""
     return asyncio.run(_python_load(host, port, prefix, keys, seconds, connections))
@@ -142,11 +224,7 @@ async def _python_load(host: str, port: int, prefix: str, keys: Keys, seconds: f
                 start = time.perf_counter()
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
+                await reader.readexactly(_content_length(head))
                 latencies.append((time.perf_counter() - start) * 1000)
                 if not head.startswith(b"HTTP/1.1 200"):
                     errors += 1

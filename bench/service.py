@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from bench.loadgen import Keys, LoadResult, find_wrk, run_python, run_wrk
+from bench.loadgen import Keys, LoadResult, find_wrk, run_paced, run_python, run_wrk
 from devtools.embedded import EmbeddedPostgres, end_process, free_port
 from shared_cache import Keyspace
 
@@ -34,6 +34,7 @@ Row = tuple[str, str, str, str]
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "svc:"
 BODY = "x" * 400  # a row of about half a kilobyte, like a document's metadata
+PACED_SHARE = 0.5  # the open-loop rounds' rate, as a share of the direct endpoint's flat-out rate
 
 
 def seed(dsn: str, keys: Keys) -> None:
@@ -133,14 +134,14 @@ def service_level(rows: list[Row], redis_url: str, quick: bool, say: Callable[[s
         def load(endpoint: str, secs: float) -> LoadResult:
             if wrk is not None:
                 return run_wrk(wrk, base, f"/{endpoint}/", keys, secs)
-            return run_python("127.0.0.1", service.port, f"/{endpoint}/", keys, secs)  # type: ignore[union-attr]
+            return run_python("127.0.0.1", service.port, f"/{endpoint}/", keys, secs)
 
         say(f"service    : warming up ({'wrk' if wrk else 'the Python load generator: no wrk'})")
         load("cached", seconds)  # fills the memory tiers and Redis, as a running service has them
         load("direct", seconds / 2)  # Postgres's buffers and the pools' prepared statements
         time.sleep(1.0)  # the workers' stats reports land
         before = served_from(stats_reports(redis_url))
-        results: dict[str, list[LoadResult]] = {"cached": [], "direct": []}
+        results: dict[str, list[LoadResult]] = {"cached": [], "direct": [], "paced cached": [], "paced direct": []}
         for _ in range(rounds):
             for endpoint in ("cached", "direct"):
                 results[endpoint].append(load(endpoint, seconds))
@@ -148,12 +149,20 @@ def service_level(rows: list[Row], redis_url: str, quick: bool, say: Callable[[s
         time.sleep(1.0)
         reports = stats_reports(redis_url)
         after = served_from(reports)
+        # The same offered load for both: half of what the direct endpoint serves flat out.
+        rate = PACED_SHARE * statistics.median(r.rps for r in results["direct"])
+        for n in range(rounds):
+            for endpoint in ("cached", "direct"):  # the same seed: the same arrivals and keys
+                run = run_paced("127.0.0.1", service.port, f"/{endpoint}/", keys, seconds, rate, seed=n)
+                results[f"paced {endpoint}"].append(run)
+                say(f"service    : {endpoint:6s} at {rate:.0f} req/s: p99 {run.p99_ms:.2f} ms")
     finally:
         if service is not None:
             service.stop()
         pg.cleanup()
     shares = {tier: after.get(tier, 0) - before.get(tier, 0) for tier in ("memory", "redis", "db")}
     figures: dict[str, Any] = {name: _medians(runs) for name, runs in results.items()}
+    figures["rate"] = rate
     figures["shares"] = shares
     figures["tool"] = "wrk" if wrk else "python"
     figures["in_app"] = _in_app_latency(reports)
@@ -199,6 +208,18 @@ def _rows(rows: list[Row], f: dict[str, Any], keys: Keys, rounds: int, seconds: 
             f" p99 {direct['p99_ms']:.2f} ms",
             f"{cached['rps'] / direct['rps']:.2f}x req/s; p50 {direct['p50_ms'] / cached['p50_ms']:.2f}x lower;"
             f" p99 {cached['p99_ms'] / direct['p99_ms']:.2f}x direct's",
+        )
+    )
+    paced, plain = f["paced cached"], f["paced direct"]
+    rows.append(
+        (
+            f"service-level, the same offered load for both: open-loop Poisson arrivals at {f['rate']:,.0f} req/s"
+            f" (half the direct endpoint's flat-out rate), timed from when each request was due; medians of"
+            f" {rounds} rounds of {seconds:.0f} s (goal: cached p99 no worse than direct)",
+            f"cached: p50 {paced['p50_ms']:.2f} ms, p99 {paced['p99_ms']:.2f} ms, {paced['errors']} errors",
+            f"direct to Postgres: p50 {plain['p50_ms']:.2f} ms, p99 {plain['p99_ms']:.2f} ms, {plain['errors']} errors",
+            f"p50 {plain['p50_ms'] / paced['p50_ms']:.2f}x lower;"
+            f" p99 {paced['p99_ms'] / plain['p99_ms']:.2f}x direct's",
         )
     )
     in_app = f["in_app"]

@@ -13,9 +13,25 @@ from pathlib import Path
 import pytest
 
 from bench import figures, service
-from bench.loadgen import Keys, find_wrk, run_python, run_wrk
+from bench.loadgen import Keys, arrivals, find_wrk, run_paced, run_python, run_wrk
 from devtools.embedded import EmbeddedPostgres
 from shared_cache import CacheManager
+
+
+def test_paced_arrivals_are_a_seeded_poisson_stream_the_same_for_both_endpoints() -> None:
+    keys = Keys(n=300, tenants=3)
+    cached = list(arrivals(keys, "/cached/", rate=500, seconds=4.0, seed=3))
+    direct = list(arrivals(keys, "/direct/", rate=500, seconds=4.0, seed=3))
+    assert [(at, path.replace("/cached/", "/direct/")) for at, path in cached] == direct
+    assert list(arrivals(keys, "/cached/", rate=500, seconds=4.0, seed=4)) != cached
+    times = [at for at, _ in cached]
+    assert times == sorted(times) and 0 < times[0] and times[-1] < 4.0
+    assert 1800 <= len(cached) <= 2200  # 2,000 expected; the standard deviation is about 45
+    gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
+    assert 0.0017 <= sum(gaps) / len(gaps) <= 0.0023  # mean gap 1/rate
+    # Zipf-like: the hottest document is asked for more than any other
+    hottest = max(set(p for _, p in cached), key=[p for _, p in cached].count)
+    assert hottest == keys.path("/cached/", 1)
 
 
 async def test_figure_data_and_pictures(manager: CacheManager, redis_url: str, tmp_path: Path) -> None:
@@ -74,6 +90,9 @@ def test_service_endpoints_agree_and_the_cached_one_is_served_from_the_cache(
 
         result = run_python("127.0.0.1", app.port, "/cached/", keys, seconds=1.0, connections=4)
         assert result.requests > 0 and result.errors == 0 and result.p50_ms <= result.p99_ms
+        paced = run_paced("127.0.0.1", app.port, "/cached/", keys, seconds=1.0, rate=150, connections=4)
+        # Poisson arrivals at 150/s for 1 s: 150 expected, 150 +/- 55 is more than 4 standard deviations
+        assert 95 <= paced.requests <= 205 and paced.errors == 0 and 0 < paced.p50_ms <= paced.p99_ms
         wrk = find_wrk(install=False)
         if wrk is not None:  # Debian's wrk, where installed (python -m bench installs it as root)
             from_wrk = run_wrk(wrk, base, "/direct/", keys, seconds=1.0, connections=4)
