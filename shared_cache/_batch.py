@@ -1,15 +1,20 @@
 """``get_embeddings_batch_with_cache`` (section 8): many texts, one lookup, one provider call.
 
 Duplicates are looked up and generated once and the input order is kept. The memory tier answers
-what it can; the rest costs one Redis round trip (one MGET), one provider call with only the missing
-texts, and one generation-checked write of all new embeddings (write_batch.lua). An entry that does
-not decode (corrupt, or not an embedding) is counted, regenerated and written over, as on the
-single-key path.
+what it can; the rest costs one Redis round trip (an MGET per few hundred texts, all sent at once),
+one provider call with only the missing texts, and one generation-checked write of all new
+embeddings (write_batch.lua). An entry that does not decode (corrupt, or not an embedding) is
+counted, regenerated and written over, as on the single-key path.
+
+Redis and the client work at the same time where they can: each MGET's reply is parsed (and its
+embeddings kept in the memory tier) while Redis still runs and sends the next ones, and the write
+is sent before the result is assembled and awaited after it (together about 15% of a 1,000-text
+batch on a 2-core machine).
 
 ``as_numpy=True`` returns one C-contiguous ``float32`` matrix of shape ``(len(texts), dim)`` filled
 straight from the cached bytes, with no Python float per element; the default is a list of lists,
 as the standard says. The per-text work is kept to a few C calls: a batch of 1,000 texts spends its
-time in one MGET and in copying bytes, not in Python.
+time in its lookup and in copying bytes, not in Python.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import inspect
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from itertools import islice, repeat
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -26,7 +31,7 @@ from ._embedding_ids import embedding_resource_ids
 from ._keys import validate_tenant
 from ._manager import CacheManager
 from ._memory import DATA, HOLD_EMBEDDING, KIND, MemoryTier
-from ._redis_tier import WRITE_BATCH
+from ._redis_tier import WRITE_BATCH, Burst
 from ._serialization import KIND_EMBEDDING, decode_embedding, encode_embedding
 from ._ttl import ttl_for
 from .errors import BackendUnavailable, SerializationError
@@ -36,6 +41,9 @@ if TYPE_CHECKING:
 
 EmbeddingProvider = Callable[[list[str]], Any]
 _TYPE = "embedding"
+# Texts per MGET. Smaller chunks overlap more of Redis's work with the parsing, but cost a command
+# each; 256 was the fastest of 100-500 for 1,000 texts of 384 dimensions.
+_CHUNK = 256
 _DIM = struct.Struct("<I")
 
 
@@ -96,9 +104,12 @@ async def get_embeddings_batch_with_cache(
         await batch.lookup()
     unique, found = batch.unique, batch.found
     missing = [i for i in batch.pending if unique[i] not in found]
-    if missing:
-        await batch.generate(embedding_provider, missing, ttl)
-    out = _as_matrix(texts, batch.found) if as_numpy else _as_lists(texts, batch.found)
+    try:
+        if missing:
+            await batch.generate(embedding_provider, missing, ttl)
+        out = _as_matrix(texts, batch.found) if as_numpy else _as_lists(texts, batch.found)
+    finally:
+        await batch.written()  # the write, sent before the result was assembled
     hits = len(batch.unique) - len(missing)
     latency = (perf_counter() - start) * 1000.0
     metrics = batch.metrics
@@ -133,6 +144,7 @@ class _Batch:
         self.found: dict[str, bytes] = {}
         self.pending: list[int] = []
         self.tags: dict[int, bytes] = {}
+        self.write: tuple[Awaitable[Any], list[str], int] | None = None  # sent, not yet awaited
         keys = manager.keys
         self.head = [keys.generation((tenant,)), keys.generation((tenant, "type", _TYPE))]
         # the prefixes every text's entry and resource counter share (the id comes last in both)
@@ -168,27 +180,54 @@ class _Batch:
         self.metrics["corrupt"] += corrupt
 
     async def lookup(self) -> None:
-        """One MGET of the pending texts' entries and generations; fills ``found`` and ``tags`` (the
-        tag to write each miss with). A stale entry needs no delete: the regenerated value is
-        written over it."""
+        """The pending texts' entries and generations, one MGET per chunk of ``_CHUNK`` texts, all
+        sent at once; each reply is parsed as it comes. Fills ``found`` and ``tags`` (the tag to
+        write each miss with). A stale entry needs no delete: the regenerated value is written over
+        it. A chunk whose MGET fails leaves its texts to be generated, not written."""
+        pending, redis = self.pending, self.manager.redis
+        chunks = [pending[start : start + _CHUNK] for start in range(0, len(pending), _CHUNK)]
+        replies: list[Coroutine[Any, Any, Any]] = []
+        burst = Burst()
+        for chunk in chunks:
+            keys = self.lookup_keys(chunk)
+            reply = redis.send_now("MGET", *keys, burst=burst)
+            if reply is None and not replies:  # not connected yet, a cluster...: one MGET, sent when awaited
+                chunks, replies = [pending], [redis.call("MGET", *self.lookup_keys(pending))]
+                break
+            replies.append(reply if reply is not None else redis.call("MGET", *keys))
+        answered = failed = False
+        done = 0
+        try:
+            for chunk, reply in zip(chunks, replies, strict=True):
+                done += 1
+                try:
+                    self.parse(chunk, await reply)
+                    answered = True
+                except BackendUnavailable:
+                    failed = True
+        finally:
+            for reply in replies[done:]:  # the caller gave up (cancelled): no "never awaited" warnings
+                reply.close()
+        self.metrics["round_trips"] += answered
+        if failed:
+            self.manager.stats.error("redis")
+
+    def lookup_keys(self, chunk: list[int]) -> list[str]:
+        """The two head generations, then each text's entry and resource generation."""
         keys = list(self.head)
         entry_prefix, gen_prefix, rids = self.entry_prefix, self.gen_prefix, self.rids
-        for i in self.pending:
+        for i in chunk:
             keys += (entry_prefix + rids[i], gen_prefix + rids[i])
-        try:
-            reply = await self.manager.redis.call("MGET", *keys)
-            self.metrics["round_trips"] += 1
-        except BackendUnavailable:
-            self.manager.stats.error("redis")
-            return
+        return keys
+
+    def parse(self, chunk: list[int], reply: list[Any]) -> None:
         head_tag = (reply[0] or b"0") + b"," + (reply[1] or b"0") + b","
         found, shape, unique, tags = self.found, self.shape, self.unique, self.tags
         rows: list[int] = []
         payloads: list[bytes] = []
         expiries: list[bytes] = []
         corrupt = 0
-        # the reply: the two head generations, then each pending text's entry and resource generation
-        for i, raw, res_gen in zip(self.pending, islice(reply, 2, None, 2), islice(reply, 3, None, 2), strict=True):
+        for i, raw, res_gen in zip(chunk, islice(reply, 2, None, 2), islice(reply, 3, None, 2), strict=True):
             want = head_tag + (res_gen or b"0")
             if raw is not None:
                 parts = raw.split(b"|", 2)  # tag|expiry|payload (_entry's format)
@@ -202,7 +241,7 @@ class _Batch:
                         continue
                     corrupt += 1  # current but unreadable: regenerated and written over
             tags[i] = want
-        self.metrics["redis_hits"] = len(rows)
+        self.metrics["redis_hits"] += len(rows)
         self.metrics["corrupt"] += corrupt
         if self.memory is not None and rows:
             now = time.time()  # seconds each has left in Redis (0: no expiry)
@@ -227,14 +266,14 @@ class _Batch:
         for i, payload in zip(missing, payloads, strict=True):
             self.found[self.unique[i]] = payload
         seconds = ttl_for(_TYPE, ttl, self.manager.settings.ttl_jitter)
-        await self.store(missing, payloads, seconds)
+        self.send_write(missing, payloads, seconds)
         if self.memory is not None:  # kept no longer than in Redis (0: no expiry, the tier's own cap)
             written = [(i, p) for i, p in zip(missing, payloads, strict=True) if i in self.tags]
             rows, kept = [i for i, _ in written], [p for _, p in written]
             self.remember(self.memory, rows, kept, [float(seconds)] * len(rows))
 
-    async def store(self, missing: list[int], payloads: list[bytes], seconds: int) -> None:
-        manager = self.manager
+    def send_write(self, missing: list[int], payloads: list[bytes], seconds: int) -> None:
+        """Send the generation-checked write of the new embeddings; :meth:`written` awaits it."""
         keys = list(self.head)
         args: list[Any] = [seconds * 1000]
         expiry = b"|%d|" % (int((time.time() + seconds) * 1000) if seconds else 0)
@@ -243,10 +282,18 @@ class _Batch:
             if i in tags:
                 keys += (self.entry_key(i), self.res_gen(i))
                 args.append(tags[i] + expiry + payload)  # the entry as stored (_entry's format)
-        if len(keys) == 2:
+        if len(keys) > 2:
+            self.write = (self.manager.redis.script_now(WRITE_BATCH, keys, args), keys, seconds)
+
+    async def written(self) -> None:
+        """Await the write, if one was sent (and list entries without expiry for reclaim_permanent)."""
+        if self.write is None:
             return
+        reply, keys, seconds = self.write
+        self.write = None
+        manager = self.manager
         try:
-            self.metrics["stored"] = await manager.redis.script(WRITE_BATCH, keys, args)
+            self.metrics["stored"] = await reply
             self.metrics["round_trips"] += 1
             if seconds == 0:  # no expiry: list them so reclaim_permanent can find them once invalidated
                 tenant_gens = "\n".join(self.head)

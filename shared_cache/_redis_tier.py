@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -53,6 +53,15 @@ WRITE = LuaScript.load("write")
 WRITE_BATCH = LuaScript.load("write_batch")
 INVALIDATE = LuaScript.load("invalidate")
 RECLAIM = LuaScript.load("reclaim")
+
+
+class Burst:
+    """Commands sent together with :meth:`RedisTier.send_now` (one round trip)."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
 
 
 @dataclass(slots=True)
@@ -206,15 +215,65 @@ class RedisTier:
         except NoScriptError:
             breaker.failures = 0  # the server answered: it is up
             raise
-        except BACKEND_ERRORS as exc:  # the seam (errors.backend_error), inlined on the hot path
-            error = backend_error(exc)
-            if isinstance(error, BackendCommandError):
-                breaker.failures = 0
-            else:
-                breaker.failure()
-            raise error from exc
+        except BACKEND_ERRORS as exc:
+            raise self._failed(exc) from exc
         breaker.failures = 0
         return result
+
+    def send_now(self, *args: Any, burst: Burst | None = None) -> Coroutine[Any, Any, Any] | None:
+        """Write one command now on this loop's pipelined connection and return its reply, to await
+        when the caller needs it: the caller works while Redis answers, and commands sent one after
+        the other go out together (one round trip). Errors are mapped as by :meth:`call`; the
+        commands of one ``burst`` count as one call for the breaker (a connection lost with all of
+        them in flight is one failure, not one per command). None when that connection is not up
+        yet, not used (a cluster, a URL option it does not handle) or the breaker has seen
+        failures: then use :meth:`call`."""
+        if self._endpoint is None or self.breaker.failures:
+            return None
+        wire = self.state().wire
+        if wire is None or wire.closed:
+            return None
+        return self._reply(wire.send(*args), burst)
+
+    def script_now(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
+        """As :meth:`script`, but written now where :meth:`send_now` can (else when awaited)."""
+        reply = self.send_now("EVALSHA", script.sha, len(keys), *keys, *args)
+        if reply is None:
+            return self.script(script, keys, args)
+        return self._eval_if_unknown(reply, script, keys, args)
+
+    async def _eval_if_unknown(
+        self, reply: Awaitable[Any], script: LuaScript, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        try:
+            return await reply
+        except NoScriptError:
+            return await self.call("EVAL", script.source, len(keys), *keys, *args)
+
+    async def _reply(self, future: asyncio.Future[Any], burst: Burst | None = None) -> Any:
+        try:
+            result = await future
+        except NoScriptError:
+            self.breaker.failures = 0
+            raise
+        except BACKEND_ERRORS as exc:
+            if burst is not None:
+                if burst.failed:  # counted once, with the first of its replies that failed
+                    raise backend_error(exc) from exc
+                burst.failed = True
+            raise self._failed(exc) from exc
+        self.breaker.failures = 0
+        return result
+
+    def _failed(self, exc: BaseException) -> BackendUnavailable:
+        """The error seam (errors.backend_error); the breaker counts a failure unless Redis answered
+        (an error reply means it is up)."""
+        error = backend_error(exc)
+        if isinstance(error, BackendCommandError):
+            self.breaker.failures = 0
+        else:
+            self.breaker.failure()
+        return error
 
     async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Several commands in one round trip (pipelined; not a transaction). The replies in order;

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from array import array
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 
 from shared_cache import CacheManager, get_embeddings_batch_with_cache
 from tests.conftest import Monitor
+from tests.round_trips import RoundTripProxy
 
 
 class Provider:
@@ -51,20 +54,108 @@ async def test_second_batch_only_generates_misses(manager: CacheManager) -> None
     assert await manager.get_embedding("c", "m", "t2") is None
 
 
-async def test_thousand_texts_at_ninety_percent_hits_cost_at_most_three_round_trips(
-    manager: CacheManager, redis_url: str
-) -> None:
+@pytest.mark.parametrize("as_numpy", [False, True])
+async def test_thousand_texts_at_ninety_percent_hits_cost_two_round_trips(redis_url: str, as_numpy: bool) -> None:
+    """One round trip for the lookup (its MGETs of a few hundred texts each go out together) and
+    one for the write, counted by a proxy between the library and Redis; the commands as Redis
+    saw them."""
     texts = [f"text {i}" for i in range(1000)]
     provider = Provider()
-    await get_embeddings_batch_with_cache(texts[:900], "t", "m", provider)
-    manager.memory.clear()  # type: ignore[union-attr]
-    with Monitor(redis_url) as seen:
-        out, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider)
-    assert len(seen.commands) <= 3, seen.commands
-    assert seen.commands == ["MGET", "EVALSHA"]  # one lookup, one write
-    assert metrics["cache_hits"] == 900 and metrics["cache_misses"] == 100
-    assert provider.calls[-1] == texts[900:]
-    assert len(out) == 1000
+    with RoundTripProxy(redis_url) as proxy:
+        manager = CacheManager.configure(
+            redis_url=proxy.url, key_prefix=f"trips{as_numpy}:", ttl_jitter=0.0, stats_publish_seconds=0
+        )
+        try:
+            _, first = await get_embeddings_batch_with_cache(texts[:900], "t", "m", provider)
+            assert first["round_trips"] == 2 and first["cache_misses"] == 900
+            manager.memory.clear()  # type: ignore[union-attr]
+            proxy.reset()
+            with Monitor(redis_url) as seen:
+                out, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider, as_numpy=as_numpy)
+            assert proxy.counts() == [2]
+            assert seen.commands == ["MGET"] * 4 + ["EVALSHA"]  # 1,000 texts: four MGETs, one write
+            assert metrics["round_trips"] == 2
+            assert metrics["cache_hits"] == 900 and metrics["redis_hits"] == 900 and metrics["cache_misses"] == 100
+            assert provider.calls[-1] == texts[900:]
+            assert [list(row) for row in out] == [f32(v) for v in provider(texts)]
+        finally:
+            await manager.close()
+            CacheManager._instance = None
+
+
+@pytest.mark.parametrize("command", ["MGET", "EVALSHA"])
+async def test_a_connection_lost_with_the_lookup_or_the_write_in_flight_loses_no_text(
+    redis_url: str, command: str
+) -> None:
+    """The connection drops with the lookup's MGETs (all four) or the early-sent write in flight:
+    every text still gets its embedding, the error is counted, nothing is left unawaited, and the
+    next batch reconnects and finds what was written."""
+    texts = [f"text {i}" for i in range(1000)]
+    provider = Provider()
+    expected = [f32(v) for v in provider(texts)]
+    with RoundTripProxy(redis_url, delay=0.0) as proxy:
+        manager = CacheManager.configure(
+            redis_url=proxy.url, key_prefix=f"cut{command}:", ttl_jitter=0.0, stats_publish_seconds=0
+        )
+        try:
+            await get_embeddings_batch_with_cache(texts[:900], "t", "m", provider)
+            manager.memory.clear()  # type: ignore[union-attr]
+            errors = manager.stats.errors["redis"]
+            proxy.cut_on(command)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a coroutine never awaited would warn
+                out, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider)
+            assert proxy.cuts == 1
+            assert out == expected
+            assert manager.stats.errors["redis"] == errors + 1  # once for the lookup, or once for the write
+            assert manager.redis.breaker.failures == 1  # one connection lost: one failure, not one per MGET
+            assert "stored" not in metrics
+            if command == "MGET":  # nothing found, nothing tagged: all generated, none written
+                assert metrics["redis_hits"] == 0 and metrics["cache_misses"] == 1000
+                assert provider.calls[-1] == texts
+            else:
+                assert metrics["redis_hits"] == 900 and provider.calls[-1] == texts[900:]
+
+            manager.memory.clear()  # type: ignore[union-attr]
+            out, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider)
+            assert out == expected
+            assert metrics["redis_hits"] == 900 and metrics["cache_misses"] == 100  # the lost write is redone
+            assert metrics["stored"] == 100
+        finally:
+            await manager.close()
+            CacheManager._instance = None
+
+
+async def test_a_batch_cancelled_with_its_lookup_in_flight_leaves_nothing_behind(redis_url: str) -> None:
+    """Cancelled while its MGETs are in flight (held by the proxy): no coroutine left unawaited,
+    and the connection's next replies still go to the right callers."""
+    texts = [f"text {i}" for i in range(1000)]
+    provider = Provider()
+    with RoundTripProxy(redis_url, delay=0.3) as proxy:
+        manager = CacheManager.configure(
+            redis_url=proxy.url, key_prefix="cancel:", ttl_jitter=0.0, stats_publish_seconds=0
+        )
+        try:
+            await get_embeddings_batch_with_cache(texts[:900], "t", "m", provider)
+            manager.memory.clear()  # type: ignore[union-attr]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                task = asyncio.create_task(get_embeddings_batch_with_cache(texts, "t", "m", provider))
+                await asyncio.sleep(0.1)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert proxy.counts() and len(provider.calls) == 1  # cancelled before the provider
+
+                out, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider)
+                assert out == [f32(v) for v in provider(texts)]
+                assert metrics["redis_hits"] == 900 and provider.calls[-2] == texts[900:]
+                del task
+                gc.collect()
+            assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+        finally:
+            await manager.close()
+            CacheManager._instance = None
 
 
 async def test_numpy_provider_and_async_provider(manager: CacheManager) -> None:
