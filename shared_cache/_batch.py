@@ -42,8 +42,11 @@ if TYPE_CHECKING:
 EmbeddingProvider = Callable[[list[str]], Any]
 _TYPE = "embedding"
 # Texts per MGET. Smaller chunks overlap more of Redis's work with the parsing, but cost a command
-# each; 256 was the fastest of 100-500 for 1,000 texts of 384 dimensions.
+# each; 256 was the fastest of 100-500 for 1,000 texts of 384 dimensions. The first is smaller: the
+# client has nothing to do until its reply is in, and a smaller one comes sooner (128 was faster
+# than 256 in each of four paired runs, by 7% of the batch on average; 32 was slower).
 _CHUNK = 256
+_FIRST_CHUNK = 128
 _DIM = struct.Struct("<I")
 
 
@@ -180,12 +183,13 @@ class _Batch:
         self.metrics["corrupt"] += corrupt
 
     async def lookup(self) -> None:
-        """The pending texts' entries and generations, one MGET per chunk of ``_CHUNK`` texts, all
-        sent at once; each reply is parsed as it comes. Fills ``found`` and ``tags`` (the tag to
+        """The pending texts' entries and generations, one MGET per chunk of texts (``_FIRST_CHUNK``,
+        then ``_CHUNK``), all sent at once; each reply is parsed as it comes. Fills ``found`` and ``tags`` (the tag to
         write each miss with). A stale entry needs no delete: the regenerated value is written over
         it. A chunk whose MGET fails leaves its texts to be generated, not written."""
         pending, redis = self.pending, self.manager.redis
-        chunks = [pending[start : start + _CHUNK] for start in range(0, len(pending), _CHUNK)]
+        chunks = [pending[:_FIRST_CHUNK]]
+        chunks += [pending[start : start + _CHUNK] for start in range(_FIRST_CHUNK, len(pending), _CHUNK)]
         replies: list[Coroutine[Any, Any, Any]] = []
         burst = Burst()
         for chunk in chunks:

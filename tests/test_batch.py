@@ -73,7 +73,7 @@ async def test_thousand_texts_at_ninety_percent_hits_cost_two_round_trips(redis_
             with Monitor(redis_url) as seen:
                 out, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider, as_numpy=as_numpy)
             assert proxy.counts() == [2]
-            assert seen.commands == ["MGET"] * 4 + ["EVALSHA"]  # 1,000 texts: four MGETs, one write
+            assert seen.commands == ["MGET"] * 5 + ["EVALSHA"]  # 1,000 texts: MGETs of 128, 3 x 256, 104; a write
             assert metrics["round_trips"] == 2
             assert metrics["cache_hits"] == 900 and metrics["redis_hits"] == 900 and metrics["cache_misses"] == 100
             assert provider.calls[-1] == texts[900:]
@@ -87,7 +87,7 @@ async def test_thousand_texts_at_ninety_percent_hits_cost_two_round_trips(redis_
 async def test_a_connection_lost_with_the_lookup_or_the_write_in_flight_loses_no_text(
     redis_url: str, command: str
 ) -> None:
-    """The connection drops with the lookup's MGETs (all four) or the early-sent write in flight:
+    """The connection drops with the lookup's MGETs (all five) or the early-sent write in flight:
     every text still gets its embedding, the error is counted, nothing is left unawaited, and the
     next batch reconnects and finds what was written."""
     texts = [f"text {i}" for i in range(1000)]
