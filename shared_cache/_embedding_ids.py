@@ -7,8 +7,11 @@ from typing import Any
 
 from ._keys import text_digest
 
-_RIDS_KEPT = 100_000
-_embedding_rids: dict[tuple[str, str], str] = {}  # (model, text) -> resource id, for recent texts
+_RIDS_KEPT = 100_000  # ids kept, all models together
+# model -> {text -> resource id}, for recent texts. One dict per model, keyed by the text itself: a
+# text's hash is computed once and kept by the str, where a (model, text) key would be a new tuple
+# to build and hash on every lookup.
+_embedding_rids: dict[str, dict[str, str]] = {}
 
 
 def _bad_embedding_args(text: Any, model_name: Any) -> ValueError:
@@ -17,25 +20,51 @@ def _bad_embedding_args(text: Any, model_name: Any) -> ValueError:
     )
 
 
-def _new_embedding_rid(text: str, model_name: str) -> str:
-    rid = "emb_" + text_digest(f"{len(model_name)}:{model_name}{text}")
-    if len(_embedding_rids) >= _RIDS_KEPT:
-        _embedding_rids.clear()
-    _embedding_rids[model_name, text] = rid
-    return rid
+def _known(model_name: str) -> dict[str, str]:
+    known = _embedding_rids.get(model_name)
+    if known is None:
+        known = _embedding_rids[model_name] = {}
+    return known
+
+
+def _make_room(n: int) -> None:
+    """Forget every kept id if ``n`` more would pass the bound (each is computed again when asked)."""
+    if sum(map(len, _embedding_rids.values())) + n > _RIDS_KEPT:
+        for known in _embedding_rids.values():
+            known.clear()
+
+
+def _digest_input(model_name: str) -> str:
+    """What a text's digest is taken of goes after this (the model's length keeps "ab" + "c" and
+    "a" + "bc" apart)."""
+    return f"{len(model_name)}:{model_name}"
 
 
 def embedding_resource_ids(texts: list[str], model_name: str) -> list[str]:
     """``CacheManager.embedding_resource_id`` of many texts the caller checked are ``str`` (the batch
-    path): the model is checked once and the digests of recent texts are looked up in place."""
+    path): the model is checked once, recent texts are looked up in C, and the new ones digested
+    in one pass."""
     if not isinstance(model_name, str) or not model_name:
         raise _bad_embedding_args("", model_name)
-    known = _embedding_rids.get
-    return [known((model_name, text)) or _new_embedding_rid(text, model_name) for text in texts]
+    known = _known(model_name)
+    rids: list[str | None] = list(map(known.get, texts))
+    if None in rids:
+        _make_room(rids.count(None))
+        head = _digest_input(model_name).encode("utf-8", "surrogatepass")
+        for i, rid in enumerate(rids):
+            if rid is None:
+                text = texts[i]
+                rids[i] = known[text] = "emb_" + text_digest(text, head)
+    return rids  # type: ignore[return-value]  # no None left
 
 
 def embedding_resource_id(text: str, model_name: str) -> str:
     """The resource id of a text's embedding under a model (a digest: texts are long)."""
     if not isinstance(text, str) or not isinstance(model_name, str) or not model_name:
         raise _bad_embedding_args(text, model_name)
-    return _embedding_rids.get((model_name, text)) or _new_embedding_rid(text, model_name)
+    known = _known(model_name)
+    rid = known.get(text)
+    if rid is None:
+        _make_room(1)
+        rid = known[text] = "emb_" + text_digest(_digest_input(model_name) + text)
+    return rid

@@ -102,9 +102,11 @@ def encode_id(value: object, what: str = "resource_id") -> str:
     return "~" + hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-def text_digest(text: str) -> str:
-    """Bounded, id-safe digest of a long text (embedding and query keys)."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+def text_digest(text: str, head: bytes = b"") -> str:
+    """Bounded, id-safe digest of a long text (embedding and query keys), after ``head`` (an encoded
+    prefix, for callers that digest many texts after the same one: UTF-8 of a concatenation is the
+    concatenation of the encodings, lone surrogates included)."""
+    return hashlib.blake2b(head + text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 class KeyPlan(NamedTuple):

@@ -16,7 +16,6 @@ It runs its own event loop in a thread, so the client under test keeps its loop 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections import Counter
 from urllib.parse import urlsplit
@@ -54,13 +53,15 @@ class RoundTripProxy:
         async def stop() -> None:
             assert self._server is not None
             self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # all ended before the loop stops
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
     def counts(self) -> list[int]:
         """Round trips of each connection that made any, busiest first (a snapshot)."""
@@ -96,7 +97,7 @@ class RoundTripProxy:
                     self.cuts += 1
                     client_out.transport.abort()
                     server_out.transport.abort()
-                    return
+                    break
                 if replied[0]:
                     self.round_trips[conn] += 1
                     replied[0] = False
@@ -120,5 +121,12 @@ class RoundTripProxy:
                 replied[0] = True
             client_out.close()
 
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            await asyncio.gather(from_client(), to_server(), to_client())
+        pumps = [asyncio.ensure_future(pump()) for pump in (from_client, to_server, to_client)]
+        try:  # until the connection ends on one side; then the other pumps stop too
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            client_out.transport.abort()
+            server_out.transport.abort()

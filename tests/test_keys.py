@@ -116,3 +116,42 @@ def test_ids_that_compare_equal_to_another_are_refused() -> None:
         with pytest.raises(InvalidKeyError, match="expected a non-empty str, int or UUID"):
             encode_id(bad)
     assert encode_id(1) == "1" and encode_id("1") == "1"
+
+
+# Any text a str can hold, lone surrogates included (hypothesis leaves them out by default).
+_any_text = st.text(alphabet=st.characters(blacklist_categories=()), max_size=40)
+
+
+@given(texts=st.lists(_any_text, max_size=8), model=_any_text.filter(bool))
+def test_embedding_ids_are_the_published_digest_batch_or_single(texts: list[str], model: str) -> None:
+    """An embedding's id is a stable function of (model, text): entries written by one version (or
+    one process) are found by another. The batch and the single-text paths agree."""
+    import hashlib
+
+    from shared_cache._embedding_ids import embedding_resource_id, embedding_resource_ids
+
+    def reference(text: str) -> str:
+        data = f"{len(model)}:{model}{text}".encode("utf-8", "surrogatepass")
+        return "emb_" + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+    expected = [reference(t) for t in texts]
+    assert embedding_resource_ids(texts, model) == expected  # computed
+    assert embedding_resource_ids(texts, model) == expected  # kept
+    assert [embedding_resource_id(t, model) for t in texts] == expected
+    assert embedding_resource_ids(texts, model + "x") != expected or not texts
+
+
+def test_embedding_ids_kept_are_bounded_over_all_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared_cache import _embedding_ids as ids
+
+    monkeypatch.setattr(ids, "_RIDS_KEPT", 50)
+    monkeypatch.setattr(ids, "_embedding_rids", {})
+    first = ids.embedding_resource_ids([f"a{i}" for i in range(30)], "m1")
+    ids.embedding_resource_ids([f"b{i}" for i in range(15)], "m2")
+    assert sum(map(len, ids._embedding_rids.values())) == 45
+    ids.embedding_resource_ids([f"c{i}" for i in range(10)], "m3")  # 55 > 50: all forgotten, then these kept
+    assert {m: len(k) for m, k in ids._embedding_rids.items()} == {"m1": 0, "m2": 0, "m3": 10}
+    for i in range(45):  # one at a time, the same bound
+        ids.embedding_resource_id(f"d{i}", "m1")
+    assert sum(map(len, ids._embedding_rids.values())) <= 50
+    assert ids.embedding_resource_ids([f"a{i}" for i in range(30)], "m1") == first  # recomputed alike
