@@ -27,7 +27,7 @@ from itertools import islice, repeat
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ._embedding_ids import embedding_resource_ids
+from ._embedding_ids import check_model_name, embedding_resource_ids
 from ._keys import validate_tenant
 from ._manager import CacheManager
 from ._memory import DATA, HOLD_EMBEDDING, KIND, MemoryTier
@@ -102,9 +102,7 @@ async def get_embeddings_batch_with_cache(
         await manager.start()
     batch = _Batch(manager, tenant, model_name, list(dict.fromkeys(texts)))
     batch.metrics["duplicates"] = len(texts) - len(batch.unique)
-    batch.from_memory()
-    if batch.pending:
-        await batch.lookup()
+    await batch.lookup()
     unique, found = batch.unique, batch.found
     missing = [i for i in batch.pending if unique[i] not in found]
     try:
@@ -139,7 +137,8 @@ class _Batch:
         self.manager = manager
         self.tenant = tenant
         self.unique = unique
-        self.rids = embedding_resource_ids(unique, model_name)
+        self.model_name = check_model_name(model_name)
+        self.rids: list[str] = []  # filled as the lookup goes
         self.memory: MemoryTier | None = manager.memory
         self.seq = self.memory.seq if self.memory is not None else 0
         self.cell = manager.stats.memory_cell(_TYPE, tenant)
@@ -161,18 +160,19 @@ class _Batch:
     def res_gen(self, i: int) -> str:
         return self.gen_prefix + self.rids[i]
 
-    def from_memory(self) -> None:
-        memory, found, shape, pending = self.memory, self.found, self.shape, self.pending
+    def from_memory(self, start: int, end: int) -> list[int]:
+        """Texts ``start`` to ``end`` (their ids computed) from the memory tier; returns the others."""
+        memory, found, shape = self.memory, self.found, self.shape
         if memory is None:
-            pending.extend(range(len(self.unique)))
-            return
-        now, tenant, rids = memory.timer(), self.tenant, self.rids  # one clock read for the batch
+            return list(range(start, end))
+        now, tenant, rids, unique = memory.timer(), self.tenant, self.rids, self.unique  # one clock read
+        pending: list[int] = []
         hits = corrupt = 0
-        for i, text in enumerate(self.unique):
+        for i in range(start, end):
             ident = (_TYPE, tenant, rids[i], None, None, None)
             entry = memory.get(ident, now)
             if entry is not None and entry[KIND] == HOLD_EMBEDDING and shape.ok(entry[DATA]):
-                found[text] = entry[DATA]
+                found[unique[i]] = entry[DATA]
                 hits += 1
                 continue
             if entry is not None:
@@ -181,24 +181,40 @@ class _Batch:
             pending.append(i)
         self.metrics["memory_hits"] += hits
         self.metrics["corrupt"] += corrupt
+        return pending
 
     async def lookup(self) -> None:
-        """The pending texts' entries and generations, one MGET per chunk of texts (``_FIRST_CHUNK``,
-        then ``_CHUNK``), all sent at once; each reply is parsed as it comes. Fills ``found`` and ``tags`` (the tag to
-        write each miss with). A stale entry needs no delete: the regenerated value is written over
-        it. A chunk whose MGET fails leaves its texts to be generated, not written."""
-        pending, redis = self.pending, self.manager.redis
-        chunks = [pending[:_FIRST_CHUNK]]
-        chunks += [pending[start : start + _CHUNK] for start in range(_FIRST_CHUNK, len(pending), _CHUNK)]
+        """Each text's id, then the memory tier, then Redis for the rest: chunk by chunk (``_FIRST_CHUNK``
+        texts, then ``_CHUNK``), each chunk's MGET sent as soon as its texts are known, so that Redis
+        works on it while the next ids are computed, and all of them out in one round trip. Each reply
+        is parsed as it comes. Fills ``pending`` (the texts not in the memory tier), ``found`` and
+        ``tags`` (the tag to write each miss with). A stale entry needs no delete: the regenerated
+        value is written over it. A chunk whose MGET fails leaves its texts to be generated, not
+        written."""
+        unique, model_name, redis = self.unique, self.model_name, self.manager.redis
+        chunks: list[list[int]] = []
         replies: list[Coroutine[Any, Any, Any]] = []
         burst = Burst()
-        for chunk in chunks:
-            keys = self.lookup_keys(chunk)
-            reply = redis.send_now("MGET", *keys, burst=burst)
-            if reply is None and not replies:  # not connected yet, a cluster...: one MGET, sent when awaited
-                chunks, replies = [pending], [redis.call("MGET", *self.lookup_keys(pending))]
-                break
-            replies.append(reply if reply is not None else redis.call("MGET", *keys))
+        now_or_never = True  # False: not connected yet, a cluster...: one MGET, sent when awaited
+        start, size = 0, _FIRST_CHUNK
+        while start < len(unique):
+            end = start + size
+            self.rids += embedding_resource_ids(unique[start:end], model_name)
+            chunk = self.from_memory(start, min(end, len(unique)))
+            start, size = end, _CHUNK
+            if not chunk:
+                continue
+            self.pending += chunk
+            if now_or_never:
+                keys = self.lookup_keys(chunk)
+                reply = redis.send_now("MGET", *keys, burst=burst)
+                if reply is None and not replies:
+                    now_or_never = False
+                    continue
+                chunks.append(chunk)
+                replies.append(reply if reply is not None else redis.call("MGET", *keys))
+        if not now_or_never:
+            chunks, replies = [self.pending], [redis.call("MGET", *self.lookup_keys(self.pending))]
         answered = failed = False
         done = 0
         try:

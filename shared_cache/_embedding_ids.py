@@ -20,6 +20,13 @@ def _bad_embedding_args(text: Any, model_name: Any) -> ValueError:
     )
 
 
+def check_model_name(model_name: Any) -> str:
+    """``model_name`` if it is a non-empty str; ValueError otherwise."""
+    if not isinstance(model_name, str) or not model_name:
+        raise _bad_embedding_args("", model_name)
+    return model_name
+
+
 def _known(model_name: str) -> dict[str, str]:
     known = _embedding_rids.get(model_name)
     if known is None:
@@ -44,9 +51,7 @@ def embedding_resource_ids(texts: list[str], model_name: str) -> list[str]:
     """``CacheManager.embedding_resource_id`` of many texts the caller checked are ``str`` (the batch
     path): the model is checked once, recent texts are looked up in C, and the new ones digested
     in one pass."""
-    if not isinstance(model_name, str) or not model_name:
-        raise _bad_embedding_args("", model_name)
-    known = _known(model_name)
+    known = _known(check_model_name(model_name))
     rids: list[str | None] = list(map(known.get, texts))
     if None in rids:
         _make_room(rids.count(None))
