@@ -164,12 +164,9 @@ async def _paced_load(
         nonlocal errors
         reader, writer = await idle.get()  # waiting for a free connection counts: the request is due
         try:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            await reader.readexactly(_content_length(head))
+            ok = await _get(reader, writer, request)
             latencies.append((time.perf_counter() - due) * 1000)
-            if not head.startswith(b"HTTP/1.1 200"):
-                errors += 1
+            errors += not ok
         except (OSError, asyncio.IncompleteReadError):
             errors += 1
             writer.close()
@@ -195,11 +192,16 @@ async def _paced_load(
     return LoadResult("paced", len(latencies), elapsed, errors, p50, p99)
 
 
-def _content_length(head: bytes) -> int:
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bool:
+    """Send one request on a keep-alive connection and read its whole response; True for a 200."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
-            return int(line.split(b":", 1)[1])
-    return 0
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    return head.startswith(b"HTTP/1.1 200")
 
 
 def run_python(host: str, port: int, prefix: str, keys: Keys, seconds: float, connections: int = 32) -> LoadResult:
@@ -222,12 +224,9 @@ async def _python_load(host: str, port: int, prefix: str, keys: Keys, seconds: f
                 rank = bisect.bisect_left(cdf, rng.random() * total) + 1
                 request = f"GET {keys.path(prefix, rank)} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
                 start = time.perf_counter()
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                await reader.readexactly(_content_length(head))
+                ok = await _get(reader, writer, request)
                 latencies.append((time.perf_counter() - start) * 1000)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    errors += 1
+                errors += not ok
         finally:
             writer.close()
 

@@ -41,10 +41,10 @@ def _make_room(n: int) -> None:
             known.clear()
 
 
-def _digest_input(model_name: str) -> str:
+def _digest_head(model_name: str) -> bytes:
     """What a text's digest is taken of goes after this (the model's length keeps "ab" + "c" and
-    "a" + "bc" apart)."""
-    return f"{len(model_name)}:{model_name}"
+    "a" + "bc" apart), encoded as ``text_digest`` encodes the text."""
+    return f"{len(model_name)}:{model_name}".encode("utf-8", "surrogatepass")
 
 
 def embedding_resource_ids(texts: list[str], model_name: str) -> list[str]:
@@ -55,7 +55,7 @@ def embedding_resource_ids(texts: list[str], model_name: str) -> list[str]:
     rids: list[str | None] = list(map(known.get, texts))
     if None in rids:
         _make_room(rids.count(None))
-        head = _digest_input(model_name).encode("utf-8", "surrogatepass")
+        head = _digest_head(model_name)
         for i, rid in enumerate(rids):
             if rid is None:
                 text = texts[i]
@@ -71,5 +71,5 @@ def embedding_resource_id(text: str, model_name: str) -> str:
     rid = known.get(text)
     if rid is None:
         _make_room(1)
-        rid = known[text] = "emb_" + text_digest(_digest_input(model_name) + text)
+        rid = known[text] = "emb_" + text_digest(text, _digest_head(model_name))
     return rid
