@@ -74,14 +74,16 @@ async def get_with_cache_aside(
     if memory is not None:
         # Hot path: MemoryTier.get and entry_value inlined (this is the 1.5 us budget).
         # Entry slots (see _memory): 0 expiry, 1 kind, 2 data, 3 key, 4 level, 7 checked, 8 hit counter,
-        # 9 metrics without the latency (built on the first hit).
+        # 9 metrics without the latency (built on the first hit), 10 stamp (moved to the recent end
+        # only when not among the newest quarter).
         data = memory._data
         entry = data.get(ident)
         if entry is not None:
             if entry[0] > (start if memory.perf_clock else memory.timer()) and (
                 entry[7] == memory.seq or memory.revalidate(entry)
             ):
-                data.move_to_end(ident)
+                if entry[10] <= memory.stale_stamp:
+                    memory.promote(ident, entry)
                 kind = entry[1]
                 try:
                     if kind == 4:  # HOLD_FLAT

@@ -11,6 +11,14 @@ checked at the current ``seq`` needs no more than one comparison; otherwise each
 dropped then. An entry is never served after an eviction of one of its scopes. Eviction records older
 than the TTL cap are forgotten: every entry stored before them has expired by then.
 
+A hit moves its entry to the recent end of the LRU order only when the entry is not already among
+the newest quarter of the tier (as memcached bumps an item at most once a minute): a hit on a recent
+entry costs one comparison instead of an ``OrderedDict.move_to_end``, which hashes and compares the
+key again (about a quarter of a memory hit's own work). Every entry a stored or promoted entry passed
+was not hit since, so an entry that keeps being hit is never the one evicted; the order among the
+newest quarter is the order they arrived or were last moved in. A tier of fewer than four entries is
+an exact LRU.
+
 ``timer`` is injectable so tests move time instead of sleeping; the default, ``perf_counter``, is the
 clock the read path already reads, so a hit costs no extra clock call.
 """
@@ -38,7 +46,8 @@ HOLD_FLAT = 4  # dict or list of scalars: a shallow copy is a full copy, and 4x 
 # memory-hit counter of the entry's data type and tenant (``CacheStats.memory_cell``). METRICS is the
 # hit's metrics without its latency, built on the first hit (None until then): each hit returns a
 # copy, which costs half of building the dict anew; entries never hit (most of a batch's) hold none.
-EXPIRES, KIND, DATA, KEY, LEVEL, SIZE, SCOPES, CHECKED, HITS, METRICS = range(10)
+# STAMP is the tier's ``moves`` when the entry was stored or last moved to the recent end.
+EXPIRES, KIND, DATA, KEY, LEVEL, SIZE, SCOPES, CHECKED, HITS, METRICS, STAMP = range(11)
 MemoryEntry = list[Any]
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -131,6 +140,11 @@ class MemoryTier:
         self._evicted_log: deque[tuple[float, Scope, int]] = deque()  # (when, scope, seq), oldest first
         self._flushed = 0  # seq of the last flush
         self.perf_clock = timer is time.perf_counter  # the read path's clock: a hit reads no other
+        # Entries stored or moved to the recent end so far; an entry whose STAMP is at most
+        # ``stale_stamp`` may have a quarter of the tier or more after it, so a hit moves it.
+        self.moves = 0
+        self._window = max_entries // 4
+        self.stale_stamp = -self._window
 
     @property
     def eviction_seq(self) -> int:
@@ -156,8 +170,16 @@ class MemoryTier:
         ):
             self._remove(ident)
             return None
-        self._data.move_to_end(ident)
+        if entry[STAMP] <= self.stale_stamp:
+            self.promote(ident, entry)
         return entry
+
+    def promote(self, ident: Hashable, entry: MemoryEntry) -> None:
+        """Move a hit entry to the recent end (only needed once it is not among the newest quarter)."""
+        self._data.move_to_end(ident)
+        self.moves += 1
+        self.stale_stamp += 1
+        entry[STAMP] = self.moves
 
     def revalidate(self, entry: MemoryEntry) -> bool:
         """True (and the entry marked valid at the current seq) if no scope of it was evicted since
@@ -197,10 +219,13 @@ class MemoryTier:
         if size > self.max_bytes:
             return False
         checked = self.seq if seq is None else seq
-        entry = [self.timer() + lifetime, kind, data, key, level, size, scopes, checked, hits or [0], None]
+        expires = self.timer() + lifetime
+        entry = [expires, kind, data, key, level, size, scopes, checked, hits or [0], None, self.moves + 1]
         if entry[CHECKED] != self.seq and not self.revalidate(entry):
             self.delete(ident)  # a scope of it was evicted while it was fetched: never kept
             return False
+        self.moves += 1
+        self.stale_stamp += 1
         old = self._data.pop(ident, None)
         if old is not None:
             self.bytes -= old[SIZE]
@@ -222,18 +247,23 @@ class MemoryTier:
         data, cap, max_bytes, kind = self._data, self.ttl_cap, self.max_bytes, HOLD_EMBEDDING
         valid = seq == self.seq
         added = 0
+        moves = self.moves
         for ident, payload, ttl, key, scopes in items:
             size = len(payload) + 64 + len(key)
             if size > max_bytes:
                 continue
-            entry = [now + (ttl if 0 < ttl < cap else cap), kind, payload, key, "tenant", size, scopes, seq, hits, None]
+            expires = now + (ttl if 0 < ttl < cap else cap)
+            entry = [expires, kind, payload, key, "tenant", size, scopes, seq, hits, None, moves + 1]
             if not valid and not self.revalidate(entry):
                 continue
+            moves += 1
             old = data.pop(ident, None)
             if old is not None:
                 added -= old[SIZE]
             data[ident] = entry
             added += size
+        self.stale_stamp += moves - self.moves
+        self.moves = moves
         self.bytes += added
         while len(data) > self.max_entries or self.bytes > max_bytes:
             self._remove(next(iter(data)))

@@ -212,6 +212,26 @@ async def test_memory_hit_value_can_be_mutated(manager: CacheManager) -> None:
     assert (await get_with_cache_aside("document", "flat", "t", Db(0).fetch))[0] == {"n": 1}
 
 
+async def test_a_key_read_often_stays_in_a_full_memory_tier(redis_url: str) -> None:
+    """Through the read path: a key hit between reads of 1,000 others stays a memory hit in a tier
+    of 100 entries, and its database is read once."""
+    manager = CacheManager.configure(redis_url=redis_url, key_prefix="lru:", memory_max_entries=100, ttl_jitter=0.0)
+    try:
+        hot, cold = Db(1), Db(2)
+        await get_with_cache_aside("document", "hot", "t", hot.fetch)
+        for i in range(1_000):
+            await get_with_cache_aside("document", f"cold{i}", "t", cold.fetch)
+            _, metrics = await get_with_cache_aside("document", "hot", "t", hot.fetch)
+            assert metrics["tier"] == "memory", i
+        assert hot.calls == 1 and cold.calls == 1_000
+        assert len(manager.memory) == 100  # type: ignore[arg-type]
+        _, metrics = await get_with_cache_aside("document", "cold0", "t", cold.fetch)
+        assert metrics["tier"] == "redis"  # the cold ones went, oldest first
+    finally:
+        await manager.close()
+        CacheManager._instance = None
+
+
 async def test_memory_hit_metrics_are_the_callers_own(manager: CacheManager) -> None:
     """A hit's metrics are copied from a dict the entry keeps: what one caller does to them must not
     reach the next hit's."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared_cache._memory import MemoryTier, entry_value
 from shared_cache._serialization import serialize_for_cache
@@ -36,6 +38,52 @@ def test_lru_bound_on_entries() -> None:
     assert tier.get("a") is not None  # a is now most recent
     put(tier, "c", 3)
     assert "b" not in tier and "a" in tier and "c" in tier
+
+
+def test_a_hit_moves_an_entry_only_once_it_is_past_the_newest_quarter() -> None:
+    tier = MemoryTier(max_entries=8)  # the newest quarter: 2 entries
+    for ident in "abcdefgh":
+        put(tier, ident, 1)
+    assert tier.get("g") is not None  # second newest: stays where it is, ahead of h
+    assert tier.get("f") is not None  # third newest: moved to the recent end, behind h
+    for ident in "ijklmn":  # six more: a to e go, and then g, before h and f
+        put(tier, ident, 1)
+    assert "g" not in tier._data and "h" in tier._data and "f" in tier._data
+    assert tier.get("h") is not None  # now the oldest: moved to the recent end
+    put(tier, "o", 1)
+    assert "h" in tier._data and "f" not in tier._data
+
+
+def test_an_entry_that_keeps_being_hit_is_never_evicted() -> None:
+    tier = MemoryTier(max_entries=100)
+    put(tier, "hot", 1)
+    for i in range(1_000):
+        put(tier, f"cold{i}", 1)
+        assert tier.get("hot") is not None
+    assert len(tier) == 100
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 15)), max_size=200), st.integers(1, 12))
+def test_what_was_used_lately_is_kept(ops: list[tuple[bool, int]], max_entries: int) -> None:
+    """Against a model: a key stored or hit before fewer than ``max_entries - max_entries // 4``
+    other keys were stored or hit is still there (an exact LRU keeps it for ``max_entries``), and
+    the bound holds."""
+    tier = MemoryTier(max_entries=max_entries)
+    keep = max_entries - max_entries // 4
+    used: list[str] = []  # keys by their last use, oldest first (an exact LRU's order)
+    for is_store, n in ops:
+        ident = f"k{n}"
+        if is_store:
+            put(tier, ident, n)
+        elif tier.get(ident) is None:
+            continue
+        if ident in used:
+            used.remove(ident)
+        used.append(ident)
+        assert len(tier) <= max_entries
+        for since, other in enumerate(reversed(used)):  # ``since``: other keys used after it
+            if since < keep:
+                assert other in tier._data, (other, since, keep)  # looked at without a hit
 
 
 def test_bound_on_bytes() -> None:
