@@ -31,7 +31,7 @@ from ._embedding_ids import check_model_name, embedding_resource_ids
 from ._keys import validate_tenant
 from ._manager import CacheManager
 from ._memory import DATA, HOLD_EMBEDDING, KIND, MemoryTier
-from ._redis_tier import WRITE_BATCH, Burst
+from ._redis_tier import WRITE_BATCH
 from ._serialization import KIND_EMBEDDING, decode_embedding, encode_embedding
 from ._ttl import ttl_for
 from .errors import BackendUnavailable, SerializationError
@@ -194,7 +194,6 @@ class _Batch:
         unique, model_name, redis = self.unique, self.model_name, self.manager.redis
         chunks: list[list[int]] = []
         replies: list[Coroutine[Any, Any, Any]] = []
-        burst = Burst()
         now_or_never = True  # False: not connected yet, a cluster...: one MGET, sent when awaited
         start, size = 0, _FIRST_CHUNK
         while start < len(unique):
@@ -207,7 +206,7 @@ class _Batch:
             self.pending += chunk
             if now_or_never:
                 keys = self.lookup_keys(chunk)
-                reply = redis.send_now("MGET", *keys, burst=burst)
+                reply = redis.send_now("MGET", *keys)
                 if reply is None and not replies:
                     now_or_never = False
                     continue

@@ -53,15 +53,8 @@ WRITE = LuaScript.load("write")
 WRITE_BATCH = LuaScript.load("write_batch")
 INVALIDATE = LuaScript.load("invalidate")
 RECLAIM = LuaScript.load("reclaim")
-
-
-class Burst:
-    """Commands sent together with :meth:`RedisTier.send_now` (one round trip)."""
-
-    __slots__ = ("failed",)
-
-    def __init__(self) -> None:
-        self.failed = False
+# Set on an error once the breaker has counted it (see RedisTier._failed).
+_COUNTED = "_shared_cache_counted"
 
 
 @dataclass(slots=True)
@@ -220,12 +213,11 @@ class RedisTier:
         breaker.failures = 0
         return result
 
-    def send_now(self, *args: Any, burst: Burst | None = None) -> Coroutine[Any, Any, Any] | None:
+    def send_now(self, *args: Any) -> Coroutine[Any, Any, Any] | None:
         """Write one command now on this loop's pipelined connection and return its reply, to await
         when the caller needs it: the caller works while Redis answers, and commands sent one after
-        the other go out together (one round trip). Errors are mapped as by :meth:`call`; the
-        commands of one ``burst`` count as one call for the breaker (a connection lost with all of
-        them in flight is one failure, not one per command). None when that connection is not up
+        the other go out together (one round trip). Errors are mapped as by :meth:`call` (a
+        connection lost with many of them in flight is one failure for the breaker). None when that connection is not up
         yet, not used (a cluster, a URL option it does not handle) or the breaker has seen
         failures: then use :meth:`call`."""
         if self._endpoint is None or self.breaker.failures:
@@ -233,7 +225,7 @@ class RedisTier:
         wire = self.state().wire
         if wire is None or wire.closed:
             return None
-        return self._reply(wire.send(*args), burst)
+        return self._reply(wire.send(*args))
 
     def script_now(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
         """As :meth:`script`, but written now where :meth:`send_now` can (else when awaited)."""
@@ -250,28 +242,30 @@ class RedisTier:
         except NoScriptError:
             return await self.call("EVAL", script.source, len(keys), *keys, *args)
 
-    async def _reply(self, future: asyncio.Future[Any], burst: Burst | None = None) -> Any:
+    async def _reply(self, future: asyncio.Future[Any]) -> Any:
         try:
             result = await future
         except NoScriptError:
             self.breaker.failures = 0
             raise
         except BACKEND_ERRORS as exc:
-            if burst is not None:
-                if burst.failed:  # counted once, with the first of its replies that failed
-                    raise backend_error(exc) from exc
-                burst.failed = True
             raise self._failed(exc) from exc
         self.breaker.failures = 0
         return result
 
     def _failed(self, exc: BaseException) -> BackendUnavailable:
         """The error seam (errors.backend_error); the breaker counts a failure unless Redis answered
-        (an error reply means it is up)."""
+        (an error reply means it is up) or this failure was counted already: every call waiting on
+        a connection that drops (or times out) gets the very same error, and one lost connection
+        is one failure, however many calls were in flight on it. Counting each of them would open
+        the breaker (threshold 3 by default) on a single Redis restart under load, and send every
+        read to the database for ``breaker_reset_seconds``; a Redis that stays down still opens it,
+        as each new connection attempt fails on its own."""
         error = backend_error(exc)
         if isinstance(error, BackendCommandError):
             self.breaker.failures = 0
-        else:
+        elif not getattr(exc, _COUNTED, False):
+            setattr(exc, _COUNTED, True)
             self.breaker.failure()
         return error
 
@@ -294,17 +288,13 @@ class RedisTier:
                     pipe.execute_command(*command)
                 replies = await pipe.execute(raise_on_error=False)
         except BACKEND_ERRORS as exc:
-            error = backend_error(exc)
-            if not isinstance(error, BackendCommandError):
-                breaker.failure()
-            raise error from exc
+            raise self._failed(exc) from exc
         out: list[Any] = []
         for reply in replies:
             if isinstance(reply, BaseException):
                 error = backend_error(reply)
                 if not isinstance(error, BackendCommandError):
-                    breaker.failure()
-                    raise error from reply
+                    raise self._failed(reply) from reply
                 out.append(error)
             else:
                 out.append(reply)

@@ -11,6 +11,7 @@ import redis
 from devtools.embedded import EmbeddedRedis as RedisServer
 from devtools.embedded import free_port
 from shared_cache import CacheManager, get_with_cache_aside
+from tests.round_trips import RoundTripProxy
 
 
 async def test_dead_redis_reads_still_work_and_breaker_keeps_them_fast() -> None:
@@ -38,6 +39,41 @@ async def test_dead_redis_reads_still_work_and_breaker_keeps_them_fast() -> None
     assert (time.perf_counter() - start) / 100 < 0.002  # no connect attempt while open
     assert await mgr.get("document", "d", "t") is None
     await mgr.close()
+
+
+async def test_one_lost_connection_is_one_breaker_failure_however_many_reads_were_on_it(redis_url: str) -> None:
+    """Twenty reads in flight on the connection when it drops (a Redis restart under load): each
+    read still gets its value, the breaker counts one failure and stays closed (it used to count
+    twenty and open, sending every read to the database for ``breaker_reset_seconds``), and the
+    next reads reconnect and use Redis."""
+    with RoundTripProxy(redis_url, delay=0.05) as proxy:
+        mgr = CacheManager.configure(
+            redis_url=proxy.url, key_prefix="lost1:", breaker_threshold=3, breaker_reset_seconds=30, ttl_jitter=0.0
+        )
+        try:
+            keys = [f"d{i}" for i in range(20)]
+            for key in keys:
+                await get_with_cache_aside("document", key, "t", lambda r, t, c: {"id": r})
+            mgr.memory.clear()  # type: ignore[union-attr]
+            fetched: list[str] = []
+
+            def fetch(resource_id: str, tenant_id: str, ctx: Any) -> dict[str, str]:
+                fetched.append(resource_id)
+                return {"id": resource_id}
+
+            proxy.cut_on("EVALSHA")
+            reads = await asyncio.gather(*(get_with_cache_aside("document", key, "t", fetch) for key in keys))
+            assert proxy.cuts == 1
+            assert [value for value, _ in reads] == [{"id": key} for key in keys]
+            assert sorted(fetched) == sorted(keys)  # each from the database, once
+            assert mgr.redis.breaker.failures == 1 and not mgr.redis.breaker.is_open
+            mgr.memory.clear()  # type: ignore[union-attr]
+            value, metrics = await get_with_cache_aside("document", "d0", "t", fetch)
+            assert value == {"id": "d0"} and metrics["tier"] == "redis"
+            assert mgr.redis.breaker.failures == 0
+        finally:
+            await mgr.close()
+            CacheManager._instance = None
 
 
 async def test_breaker_recovers_when_redis_comes_back() -> None:
