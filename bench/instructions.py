@@ -5,7 +5,9 @@ and its caches), and a baseline measured in the same run moves with it, though n
 The number of instructions a hit executes does not move (within 1% from run to run), so it says how
 much work each library does per hit, whatever the machine is doing. Each library's hit loop runs in
 a fresh process twice, with ``n`` hits and with none: the difference divided by ``n`` is the count of
-one call, its ``await`` included (an empty coroutine's count is given alongside). Needs ``perf``
+one call, its ``await`` included. Two floors are given alongside: an empty coroutine, and a bare
+lookup (a coroutine with ``get_with_cache_aside``'s parameters that builds the request's identity
+and looks it up in an ``OrderedDict``, and does nothing else a hit must do). Needs ``perf``
 (Debian's ``linux-perf``) on a machine whose processor counters a process may read; elsewhere the
 row says so.
 """
@@ -17,13 +19,37 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from bench.read_path import memory_hit_calls
 
 Row = tuple[str, str, str, str]
-LIBRARIES = ("shared_cache", "cashews", "aiocache", "empty coroutine")
+LIBRARIES = ("shared_cache", "cashews", "aiocache", "empty coroutine", "bare lookup")
+
+_BARE: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
+
+
+async def bare_lookup(
+    data_type: str,
+    resource_id: Any,
+    tenant_id: str | None,
+    fetch_from_db_func: Any,
+    generate_func: Any = None,
+    agent_id: Any = None,
+    conversation_id: Any = None,
+    collection_id: Any = None,
+    ctx: Any = None,
+    ttl: int | None = None,
+    serializer: Any = None,
+    deserializer: Any = None,
+) -> tuple[Any, None]:
+    """The floor under a memory-tier hit with the standard's signature: the call, the identity and one
+    lookup; no expiry or invalidation check, no copy of the value, no metrics, no clock."""
+    ident = (data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
+    return _BARE.get(ident), None
 
 
 async def _loop(library: str, url: str, n: int) -> None:
@@ -34,7 +60,13 @@ async def _loop(library: str, url: str, n: int) -> None:
         return None
 
     call: Callable[[], Awaitable[object]] = nothing
-    if library != "empty coroutine":
+    if library == "bare lookup":
+        _BARE["document", "tenant_abc", "doc_123", None, None, None] = [0.0, 0, {"id": "doc_123"}]
+
+        def call() -> Awaitable[object]:
+            return bare_lookup("document", "doc_123", "tenant_abc", nothing)
+
+    elif library != "empty coroutine":
         from shared_cache import CacheManager
 
         CacheManager.configure(redis_url=url, key_prefix="binstr:", stats_publish_seconds=0)
@@ -97,7 +129,7 @@ async def instructions(rows: list[Row], url: str, quick: bool) -> None:
             goal,
             f"{ours:,.0f} instructions",
             f"cashews mem {counts['cashews']:,.0f}; aiocache {counts['aiocache']:,.0f}; "
-            f"an empty coroutine {counts['empty coroutine']:,.0f}",
+            f"an empty coroutine {counts['empty coroutine']:,.0f}; a bare identity lookup {counts['bare lookup']:,.0f}",
             f"{counts['cashews'] / ours:.1f}x fewer than cashews; {counts['aiocache'] / ours:.1f}x than aiocache",
         )
     )
