@@ -128,6 +128,33 @@ async def test_update_in_postgres_evicts_another_process_and_its_next_read_is_ne
         node.stop()
 
 
+async def test_a_lone_change_does_not_wait_for_the_window_and_a_burst_is_coalesced(
+    pg: PostgresServer, env: dict[str, str], celery_worker: CeleryWorker, cache: CacheManager
+) -> None:
+    """With a 3 s window: a change after a quiet spell is invalidated long before the window would
+    have closed; two changes that follow it 0.2 s apart wait for one window and share it."""
+    execute(pg, "INSERT INTO agents VALUES ('lead1', 't9', 'v1'), ('lead2', 't9', 'v1')")
+    listener = new_listener(env, cache, coalesce_window_ms=3000)
+    listener.add_source(pg_source(pg, listener, "leading"))
+    async with running(listener):
+        for agent in ("lead1", "lead2"):
+            await cache.set("agent_config", agent, {"name": "v1"}, "t9")
+        committed = time.monotonic()
+        execute(pg, "UPDATE agents SET name = 'v2' WHERE id = 'lead1'")
+        await wait_until(lambda: _is_none(cache.get("agent_config", "lead1", "t9")))
+        assert time.monotonic() - committed < 2.0  # not held for the 3 s window
+        assert await cache.get("agent_config", "lead2", "t9") == {"name": "v1"}
+        windows = listener.stats["windows"]
+
+        await cache.set("agent_config", "lead1", {"name": "v2"}, "t9")
+        execute(pg, "UPDATE agents SET name = 'v3' WHERE id = 'lead1'")  # the window is open again...
+        await asyncio.sleep(0.2)
+        execute(pg, "UPDATE agents SET name = 'v2' WHERE id = 'lead2'")  # ...and this joins it
+        await wait_until(lambda: _is_none(cache.get("agent_config", "lead2", "t9")))
+        assert await cache.get("agent_config", "lead1", "t9") is None
+        assert listener.stats["windows"] == windows + 1
+
+
 async def test_changes_committed_while_the_listener_was_down_are_processed(
     pg: PostgresServer, env: dict[str, str], celery_worker: CeleryWorker, cache: CacheManager
 ) -> None:

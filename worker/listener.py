@@ -2,7 +2,10 @@
 
 Events from every source go through one queue. The first event of a window opens it; everything
 that arrives within ``coalesce_window_ms`` joins it; then the window is planned and its calls are
-sent. A source's position is confirmed only once every invalidation up to it was applied in Redis
+sent. After a quiet spell (no window closed for ``coalesce_window_ms``) the first event does not
+wait: its window closes as soon as the queue holds nothing more, so a lone change is invalidated a
+window sooner (the common case), and a burst's later events are coalesced by the windows that follow
+it. A source's position is confirmed only once every invalidation up to it was applied in Redis
 (``worker.acks``): a crash, a lost task or a Redis restart at any point replays (durable sources)
 or sends again (every source) rather than loses. Sources that can lose events report gaps, answered
 at once with a conservative invalidation of what they cover (``worker.gaps``).
@@ -84,6 +87,7 @@ class Listener:
         self._saving: asyncio.Task[None] | None = None
         self._secrets = [*secrets_of(redis_url), *secrets_of(self.tasks.broker_url.get_secret_value())]
         self._park_logged = 0.0
+        self._window_closed = 0.0  # monotonic time the last window closed
         self.ready = asyncio.Event()  # set once every source is prepared and pumping
 
     @property
@@ -201,7 +205,9 @@ class Listener:
         except TimeoutError:
             return []
         batch = [first]
-        deadline = time.monotonic() + window_s
+        now = time.monotonic()
+        quiet = now - self._window_closed >= window_s  # a lone change: no wait (leading edge)
+        deadline = now if quiet else now + window_s
         while (left := deadline - time.monotonic()) > 0 and len(batch) < _MAX_BATCH:
             try:
                 batch.append(await asyncio.wait_for(self.queue.get(), timeout=left))
@@ -209,6 +215,7 @@ class Listener:
                 break
         while not self.queue.empty() and len(batch) < _MAX_BATCH:  # what is already here joins
             batch.append(self.queue.get_nowait())
+        self._window_closed = time.monotonic()
         return batch
 
     async def start(self, stop: asyncio.Event, within: float = 30.0) -> asyncio.Task[None]:

@@ -51,7 +51,10 @@ class ListenerSettings(BaseSettings):
     )
     rules_file: str = Field("", description="TOML file of table rules; empty = the built-in defaults.")
     coalesce_window_ms: int = Field(
-        10, ge=0, description="Changes arriving within this window are planned and dispatched together."
+        10,
+        ge=0,
+        description="Changes arriving within this window are planned and dispatched together; after a quiet"
+        " spell this long, the first change is sent at once.",
     )
     ack_timeout_s: float = Field(
         3.0,
