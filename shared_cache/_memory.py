@@ -14,10 +14,10 @@ than the TTL cap are forgotten: every entry stored before them has expired by th
 A hit moves its entry to the recent end of the LRU order only when the entry is not already among
 the newest quarter of the tier (as memcached bumps an item at most once a minute): a hit on a recent
 entry costs one comparison instead of an ``OrderedDict.move_to_end``, which hashes and compares the
-key again (about a quarter of a memory hit's own work). Every entry a stored or promoted entry passed
-was not hit since, so an entry that keeps being hit is never the one evicted; the order among the
-newest quarter is the order they arrived or were last moved in. A tier of fewer than four entries is
-an exact LRU.
+key again (8% of a memory hit's instructions). An entry that keeps being hit is never the one
+evicted: a hit moves it once it has left the newest quarter, long before it reaches the old end. A
+key used before fewer than three quarters of ``max_entries`` other keys were used is always still
+there (an exact LRU keeps it for all of them). A tier of fewer than four entries is an exact LRU.
 
 ``timer`` is injectable so tests move time instead of sleeping; the default, ``perf_counter``, is the
 clock the read path already reads, so a hit costs no extra clock call.
@@ -143,8 +143,7 @@ class MemoryTier:
         # Entries stored or moved to the recent end so far; an entry whose STAMP is at most
         # ``stale_stamp`` may have a quarter of the tier or more after it, so a hit moves it.
         self.moves = 0
-        self._window = max_entries // 4
-        self.stale_stamp = -self._window
+        self.stale_stamp = -(max_entries // 4)
 
     @property
     def eviction_seq(self) -> int:

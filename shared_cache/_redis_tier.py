@@ -217,9 +217,9 @@ class RedisTier:
         """Write one command now on this loop's pipelined connection and return its reply, to await
         when the caller needs it: the caller works while Redis answers, and commands sent one after
         the other go out together (one round trip). Errors are mapped as by :meth:`call` (a
-        connection lost with many of them in flight is one failure for the breaker). None when that connection is not up
-        yet, not used (a cluster, a URL option it does not handle) or the breaker has seen
-        failures: then use :meth:`call`."""
+        connection lost with many of them in flight is one failure for the breaker). None when
+        that connection is not up yet, not used (a cluster, a URL option it does not handle) or
+        the breaker has seen failures: then use :meth:`call`."""
         if self._endpoint is None or self.breaker.failures:
             return None
         wire = self.state().wire
