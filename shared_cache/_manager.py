@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -34,7 +35,6 @@ from ._ttl import ttl_for
 from .errors import BackendUnavailable, InvalidKeyError
 
 T = TypeVar("T")
-_PLAN_CACHE_SIZE = 50_000
 _RECEIPT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 
 
@@ -73,7 +73,10 @@ class CacheManager:
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._seq = itertools.count(1)
         self._tokens = itertools.count(1)
-        self._plans: dict[Hashable, KeyPlan] = {}
+        # Bounded one plan at a time, oldest first: it used to hold 50,000 plans (up to 130 MB) and
+        # drop them all at once, a 160 ms stall of the event loop on the read that found it full.
+        self._plans: OrderedDict[Hashable, KeyPlan] = OrderedDict()
+        self._plan_cache_size = s.plan_cache_size
         self.subscriber: EvictionSubscriber | None = None
         self.publisher: StatsPublisher | None = None
 
@@ -110,14 +113,17 @@ class CacheManager:
         conversation_id: Any = None,
         collection_id: Any = None,
     ) -> KeyPlan:
-        """Validated keys of a request identity, cached (validation runs once per identity)."""
+        """Validated keys of a request identity, cached for the ``plan_cache_size`` identities planned
+        last (validation and key building run once per identity while it is kept)."""
         ident = (data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
-        plan = self._plans.get(ident)
+        plans = self._plans
+        plan = plans.get(ident)
         if plan is None:
             plan = build_plan(self.prefix, data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
-            if len(self._plans) >= _PLAN_CACHE_SIZE:
-                self._plans.clear()
-            self._plans[ident] = plan
+            if self._plan_cache_size:
+                if len(plans) >= self._plan_cache_size:
+                    plans.popitem(last=False)
+                plans[ident] = plan
         return plan
 
     def new_token(self) -> str:

@@ -27,6 +27,12 @@ class CacheSettings(BaseSettings):
     memory_ttl_cap_seconds: float = Field(
         60.0, gt=0, description="Memory tier: longest an entry lives, whatever its Redis TTL."
     )
+    plan_cache_size: int = Field(
+        10_000,
+        ge=0,
+        description="Key plans kept (the validated keys of recently read identities, 1-2.5 KB each; the"
+        " oldest goes first; 0 keeps none).",
+    )
     socket_timeout_seconds: float = Field(0.5, gt=0, description="Redis socket read/write timeout.")
     connect_timeout_seconds: float = Field(0.5, gt=0, description="Redis connect timeout.")
     max_connections: int = Field(64, ge=1, description="Connections per event loop.")

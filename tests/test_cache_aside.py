@@ -232,6 +232,35 @@ async def test_a_key_read_often_stays_in_a_full_memory_tier(redis_url: str) -> N
         CacheManager._instance = None
 
 
+async def test_key_plans_are_kept_for_the_latest_identities_and_dropped_one_at_a_time(redis_url: str) -> None:
+    """A full plan cache drops its oldest plan, not all of them (that was a 160 ms stall at 50,000
+    plans); reads are right whether their plan was kept or built again; 0 keeps none."""
+    manager = CacheManager.configure(redis_url=redis_url, key_prefix="plans:", plan_cache_size=3, ttl_jitter=0.0)
+    try:
+        plans = [manager.plan("document", "t", f"d{i}") for i in range(5)]
+        assert list(manager._plans) == [("document", "t", f"d{i}", None, None, None) for i in (2, 3, 4)]
+        assert manager.plan("document", "t", "d4") is plans[4]  # kept
+        rebuilt = manager.plan("document", "t", "d0")  # dropped first, built again the same
+        assert rebuilt is not plans[0] and rebuilt == plans[0] and len(manager._plans) == 3
+        db = Db(1)
+        for i in range(6):
+            await get_with_cache_aside("document", f"d{i}", "t", db.fetch)
+        manager.memory.clear()  # type: ignore[union-attr]
+        for i in range(6):
+            value, metrics = await get_with_cache_aside("document", f"d{i}", "t", db.fetch)
+            assert value == {"id": f"d{i}", "tenant": "t", "v": 1} and metrics["tier"] == "redis"
+        assert db.calls == 6
+    finally:
+        await manager.close()
+        CacheManager._instance = None
+    manager = CacheManager.configure(redis_url=redis_url, key_prefix="plans:", plan_cache_size=0)
+    try:
+        assert manager.plan("document", "t", "d0") == plans[0] and not manager._plans
+    finally:
+        await manager.close()
+        CacheManager._instance = None
+
+
 async def test_memory_hit_metrics_are_the_callers_own(manager: CacheManager) -> None:
     """A hit's metrics are copied from a dict the entry keeps: what one caller does to them must not
     reach the next hit's."""
