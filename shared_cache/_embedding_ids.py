@@ -3,15 +3,21 @@ texts because batches and warming ask for the same texts again."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from ._keys import text_digest
 
-_RIDS_KEPT = 100_000  # ids kept, all models together
-# model -> {text -> resource id}, for recent texts. One dict per model, keyed by the text itself: a
-# text's hash is computed once and kept by the str, where a (model, text) key would be a new tuple
-# to build and hash on every lookup.
-_embedding_rids: dict[str, dict[str, str]] = {}
+# Kept, all models together: at most this many ids, for texts of at most this many characters in
+# all (each kept id keeps its text alive: 100,000 chunks of 500 characters held 66 MB). The oldest
+# go first, one at a time: forgetting them all at once held the event loop 22 ms.
+_RIDS_KEPT = 100_000
+_CHARS_KEPT = 8_000_000
+# model -> {text -> resource id}, for recent texts, oldest first. One dict per model, keyed by the
+# text itself: a text's hash is computed once and kept by the str, where a (model, text) key would
+# be a new tuple to build and hash on every lookup.
+_embedding_rids: dict[str, OrderedDict[str, str]] = {}
+_kept = [0, 0]  # ids and characters kept
 
 
 def _bad_embedding_args(text: Any, model_name: Any) -> ValueError:
@@ -27,18 +33,29 @@ def check_model_name(model_name: Any) -> str:
     return model_name
 
 
-def _known(model_name: str) -> dict[str, str]:
+def _known(model_name: str) -> OrderedDict[str, str]:
     known = _embedding_rids.get(model_name)
     if known is None:
-        known = _embedding_rids[model_name] = {}
+        known = _embedding_rids[model_name] = OrderedDict()
     return known
 
 
-def _make_room(n: int) -> None:
-    """Forget every kept id if ``n`` more would pass the bound (each is computed again when asked)."""
-    if sum(map(len, _embedding_rids.values())) + n > _RIDS_KEPT:
-        for known in _embedding_rids.values():
-            known.clear()
+def _kept_more(known: OrderedDict[str, str], ids: int, chars: int) -> None:
+    """Count ``ids`` new ids of ``chars`` characters of text, just kept in ``known``, and forget the
+    oldest while past either bound: other models' first (a model no longer asked for keeps none for
+    long), then ``known``'s own."""
+    kept = _kept
+    kept[0] += ids
+    kept[1] += chars
+    while kept[0] > _RIDS_KEPT or kept[1] > _CHARS_KEPT:
+        donor = next((k for k in _embedding_rids.values() if k and k is not known), known)
+        if not donor:
+            kept[0] = kept[1] = 0
+            return
+        while donor and (kept[0] > _RIDS_KEPT or kept[1] > _CHARS_KEPT):
+            text, _ = donor.popitem(last=False)
+            kept[0] -= 1
+            kept[1] -= len(text)
 
 
 def _digest_head(model_name: str) -> bytes:
@@ -54,12 +71,18 @@ def embedding_resource_ids(texts: list[str], model_name: str) -> list[str]:
     known = _known(check_model_name(model_name))
     rids: list[str | None] = list(map(known.get, texts))
     if None in rids:
-        _make_room(rids.count(None))
         head = _digest_head(model_name)
+        ids = chars = 0
         for i, rid in enumerate(rids):
             if rid is None:
                 text = texts[i]
-                rids[i] = known[text] = "emb_" + text_digest(text, head)
+                rid = known.get(text)  # the same text earlier in this call
+                if rid is None:
+                    rid = known[text] = "emb_" + text_digest(text, head)
+                    ids += 1
+                    chars += len(text)
+                rids[i] = rid
+        _kept_more(known, ids, chars)
     return rids  # type: ignore[return-value]  # no None left
 
 
@@ -70,6 +93,6 @@ def embedding_resource_id(text: str, model_name: str) -> str:
     known = _known(model_name)
     rid = known.get(text)
     if rid is None:
-        _make_room(1)
         rid = known[text] = "emb_" + text_digest(text, _digest_head(model_name))
+        _kept_more(known, 1, len(text))
     return rid

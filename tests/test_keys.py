@@ -142,16 +142,31 @@ def test_embedding_ids_are_the_published_digest_batch_or_single(texts: list[str]
 
 
 def test_embedding_ids_kept_are_bounded_over_all_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most ``_RIDS_KEPT`` ids for at most ``_CHARS_KEPT`` characters of text, all models together;
+    the oldest go first, one at a time, those of the model being asked before other models'."""
     from shared_cache import _embedding_ids as ids
 
     monkeypatch.setattr(ids, "_RIDS_KEPT", 50)
+    monkeypatch.setattr(ids, "_CHARS_KEPT", 1_000)
     monkeypatch.setattr(ids, "_embedding_rids", {})
+    monkeypatch.setattr(ids, "_kept", [0, 0])
+
+    def kept() -> dict[str, list[str]]:
+        return {m: list(k) for m, k in ids._embedding_rids.items()}
+
     first = ids.embedding_resource_ids([f"a{i}" for i in range(30)], "m1")
-    ids.embedding_resource_ids([f"b{i}" for i in range(15)], "m2")
-    assert sum(map(len, ids._embedding_rids.values())) == 45
-    ids.embedding_resource_ids([f"c{i}" for i in range(10)], "m3")  # 55 > 50: all forgotten, then these kept
-    assert {m: len(k) for m, k in ids._embedding_rids.items()} == {"m1": 0, "m2": 0, "m3": 10}
-    for i in range(45):  # one at a time, the same bound
-        ids.embedding_resource_id(f"d{i}", "m1")
-    assert sum(map(len, ids._embedding_rids.values())) <= 50
+    ids.embedding_resource_ids([f"b{i}" for i in range(15)] + ["b0"], "m2")  # a repeated text counts once
+    assert sum(map(len, kept().values())) == 45 == ids._kept[0]
+    ids.embedding_resource_ids([f"c{i}" for i in range(10)], "m3")  # 55 > 50: the 5 oldest of m1 go
+    assert kept()["m1"] == [f"a{i}" for i in range(5, 30)] and len(kept()["m3"]) == 10
+    for i in range(40):  # then the rest of m1's, then m2's, then m3's own oldest
+        ids.embedding_resource_id(f"d{i}", "m3")
+    assert kept()["m1"] == [] and kept()["m2"] == []
+    assert kept()["m3"] == [f"c{i}" for i in range(10)] + [f"d{i}" for i in range(40)]
+    ids.embedding_resource_id("d40", "m3")
+    assert kept()["m3"] == [f"c{i}" for i in range(1, 10)] + [f"d{i}" for i in range(41)]
+    assert sum(map(len, kept().values())) == 50 == ids._kept[0]
+    ids.embedding_resource_ids(["x" * 300, "y" * 300, "z" * 300], "m3")  # the characters' bound
+    assert ids._kept[1] <= 1_000 and kept()["m3"][-3:] == ["x" * 300, "y" * 300, "z" * 300]
+    assert ids._kept == [sum(map(len, kept().values())), sum(len(t) for k in kept().values() for t in k)]
     assert ids.embedding_resource_ids([f"a{i}" for i in range(30)], "m1") == first  # recomputed alike
