@@ -139,7 +139,6 @@ class MemoryTier:
         self._evicted: dict[Scope, int] = {}  # scope -> seq of its last eviction
         self._evicted_log: deque[tuple[float, Scope, int]] = deque()  # (when, scope, seq), oldest first
         self._flushed = 0  # seq of the last flush
-        self.perf_clock = timer is time.perf_counter  # the read path's clock: a hit reads no other
         # Entries stored or moved to the recent end so far; an entry whose STAMP is at most
         # ``stale_stamp`` may have a quarter of the tier or more after it, so a hit moves it.
         self.moves = 0

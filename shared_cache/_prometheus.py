@@ -21,7 +21,7 @@ the bounded window of samples the library keeps (the last 2,048 per data type an
 4,096 eviction events), not a running total since start. Take quantiles straight from the buckets,
 e.g. ``histogram_quantile(0.99, sum by (le) (shared_cache_latency_ms_bucket))``, without ``rate()``:
 counts go down as old samples leave the window, which a cumulative histogram must never do.
-Memory-tier hits are sampled one in eight, so their histogram counts fewer observations than
+Memory-tier hits are sampled one in sixteen, so their histogram counts fewer observations than
 ``shared_cache_hits_total``. A miss is sampled under the ``tier`` it was served from (``db``,
 ``generated``...).
 

@@ -110,7 +110,7 @@ async def test_stats_reports_processes_listener_and_tenants(
     assert cache["processes"] == 1 and data["processes"][0]["origin"] == manager.origin
     row = cache["by_type"]["document"]
     assert row["hits"] == {"memory": 2, "redis": 1} and row["misses"] == 1 and row["hit_ratio"] == 0.75
-    assert set(row["latency_ms"]) == {"db", "redis"}  # one memory hit in eight is timed: none of two
+    assert set(row["latency_ms"]) == {"db", "redis"}  # one memory hit in sixteen is timed: none of two
     assert cache["by_type"]["query_result"]["misses"] == 1
     assert (cache["hits"], cache["misses"]) == (3, 2)
     # Reads per tenant appear once the library's report carries them (tests/test_cli_tenants.py).
