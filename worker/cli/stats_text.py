@@ -38,7 +38,7 @@ def reads_section(cache: dict[str, Any], prefix: str) -> list[str]:
         headers = ["DATA TYPE", "TIER", "HITS", "MISSES", "HIT RATIO", "P50 MS", "P99 MS"]
         out += indented(table(headers, rows, right={2, 3, 4, 5, 6}))
         out.append("  (latency: the worst p50/p99 over processes; a miss is timed under its source, db or generated;")
-        out.append("   memory-tier hits are timed one in eight)")
+        out.append("   memory-tier hits are timed one in sixteen)")
     return out
 
 
