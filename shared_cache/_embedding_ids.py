@@ -64,6 +64,10 @@ def _digest_head(model_name: str) -> bytes:
     return f"{len(model_name)}:{model_name}".encode("utf-8", "surrogatepass")
 
 
+def _digest_id(text: str, head: bytes) -> str:
+    return "emb_" + text_digest(text, head)
+
+
 def embedding_resource_ids(texts: list[str], model_name: str) -> list[str]:
     """``CacheManager.embedding_resource_id`` of many texts the caller checked are ``str`` (the batch
     path): the model is checked once, recent texts are looked up in C, and the new ones digested
@@ -78,7 +82,7 @@ def embedding_resource_ids(texts: list[str], model_name: str) -> list[str]:
                 text = texts[i]
                 rid = known.get(text)  # the same text earlier in this call
                 if rid is None:
-                    rid = known[text] = "emb_" + text_digest(text, head)
+                    rid = known[text] = _digest_id(text, head)
                     ids += 1
                     chars += len(text)
                 rids[i] = rid
@@ -93,6 +97,6 @@ def embedding_resource_id(text: str, model_name: str) -> str:
     known = _known(model_name)
     rid = known.get(text)
     if rid is None:
-        rid = known[text] = "emb_" + text_digest(text, _digest_head(model_name))
+        rid = known[text] = _digest_id(text, _digest_head(model_name))
         _kept_more(known, 1, len(text))
     return rid

@@ -76,7 +76,6 @@ class CacheManager:
         # Bounded one plan at a time, oldest first: it used to hold 50,000 plans (up to 130 MB) and
         # drop them all at once, a 160 ms stall of the event loop on the read that found it full.
         self._plans: OrderedDict[Hashable, KeyPlan] = OrderedDict()
-        self._plan_cache_size = s.plan_cache_size
         self.subscriber: EvictionSubscriber | None = None
         self.publisher: StatsPublisher | None = None
 
@@ -120,8 +119,9 @@ class CacheManager:
         plan = plans.get(ident)
         if plan is None:
             plan = build_plan(self.prefix, data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
-            if self._plan_cache_size:
-                if len(plans) >= self._plan_cache_size:
+            size = self.settings.plan_cache_size
+            if size:
+                if len(plans) >= size:
                     plans.popitem(last=False)
                 plans[ident] = plan
         return plan
