@@ -213,6 +213,26 @@ async def test_as_numpy_is_one_float32_matrix_equal_to_the_lists(manager: CacheM
     assert empty.shape == (0, 0)
 
 
+async def test_embeddings_of_two_dimensions_are_served_as_lists_and_refused_as_one_matrix(
+    manager: CacheManager,
+) -> None:
+    def provider(texts: list[str]) -> list[list[float]]:  # dimension 3 or 4, by the text's length
+        return [[float(len(t))] * (3 + len(t) % 2) for t in texts]
+
+    texts = [f"text {'x' * n}" for n in range(300)]  # more than one MGET, the dimensions interleaved
+    generated, _ = await get_embeddings_batch_with_cache(texts, "t", "m", provider)
+    assert manager.memory is not None
+    for source in ("redis", "memory"):
+        if source == "redis":
+            manager.memory.clear()
+        lists, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider)
+        assert lists == generated and metrics[f"{source}_hits"] == 300 and metrics["cache_misses"] == 0
+        with pytest.raises(ValueError, match=r"one dimension, got dimensions \[3, 4\]"):
+            await get_embeddings_batch_with_cache(texts, "t", "m", provider, as_numpy=True)
+    matrix, _ = await get_embeddings_batch_with_cache(texts[::2], "t", "m", provider, as_numpy=True)
+    assert matrix.shape == (150, 3 + len(texts[0]) % 2) and matrix[:, 0].tolist() == [len(t) for t in texts[::2]]
+
+
 async def test_an_expired_entry_is_not_served_from_either_tier(manager: CacheManager) -> None:
     provider = Provider()
     await get_embeddings_batch_with_cache(["a", "b"], "t", "m", provider, ttl=1)
