@@ -260,7 +260,8 @@ class Demo:
         shown = 0
         while time.time() < until and not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                async with asyncio.timeout(0.5):  # not wait_for: on 3.11 it can swallow a cancellation
+                    await stop.wait()
             lines = status.lines(status.collect())
             if tty:  # redrawn in place: each line cut to the terminal's width, so none wraps
                 width = shutil.get_terminal_size().columns - 1

@@ -128,5 +128,6 @@ async def write(dsn: str, docs: int, interval: float, until: float, stop: asynci
                 )
                 done.chunks_updated += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+                async with asyncio.timeout(interval):  # not wait_for: on 3.11 it can swallow a cancellation
+                    await stop.wait()
     return done

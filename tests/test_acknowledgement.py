@@ -28,6 +28,7 @@ from tasks.settings import TaskSettings
 from tests.celery_worker import CeleryWorker, worker_env
 from tests.waiting import wait_until
 from worker.app import make_app
+from worker.events import ChangeEvent
 from worker.listener import Listener
 from worker.rules import DEFAULT_RULES, Planner
 from worker.settings import ListenerSettings
@@ -213,3 +214,71 @@ async def test_while_no_worker_runs_nothing_is_sent_twice_and_reading_pauses_at_
         await asyncio.wait_for(run, 30)
         broker.flushdb()
         broker.close()
+
+
+def unstarted_listener(env: dict[str, str], cache: CacheManager, **settings: Any) -> Listener:
+    tasks = TaskSettings(broker_url=env["SHARED_CACHE_WORKER_BROKER_URL"])
+    return Listener(
+        ListenerSettings(**settings),
+        Planner(DEFAULT_RULES),
+        make_app(tasks),
+        cache,
+        env["SHARED_CACHE_REDIS_URL"],
+        tasks,
+    )
+
+
+async def test_the_acknowledger_stops_when_cancelled_just_as_it_is_woken(
+    env: dict[str, str], cache: CacheManager
+) -> None:
+    # On Python 3.11 asyncio.wait_for returns normally when it is cancelled in the loop iteration in
+    # which what it waits for arrives: a loop around it then outlived every stop.
+    listener = unstarted_listener(env, cache)
+    for _ in range(3):
+        task = asyncio.create_task(listener.acks.run())
+        await asyncio.sleep(0.05)  # waiting for its next round
+        listener.acks.expire_all()  # wakes it...
+        task.cancel()  # ...in the same iteration as its cancellation
+        done, _ = await asyncio.wait({task}, timeout=3)
+        assert done and task.cancelled()
+    await listener.close()
+
+
+async def test_a_listener_cancelled_just_as_a_change_arrives_stops(
+    env: dict[str, str], cache: CacheManager, pg: PostgresServer
+) -> None:
+    listener = unstarted_listener(env, cache)
+    source = PostgresLogicalSource(pg.dsn, Planner(DEFAULT_RULES).tables, slot="ack_cancelled")
+    listener.add_source(source)
+    task = await listener.start(asyncio.Event(), within=30)
+    event = ChangeEvent(table="documents", type="UPDATE", record={"id": "x", "tenant_id": "t"}, source="postgres")
+    listener.queue.put_nowait((source, event))
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=15)
+    assert done and task.cancelled()
+    assert listener.counters.processed == 0  # it stopped; it did not go on with the change
+    execute(pg, "SELECT pg_drop_replication_slot('ack_cancelled')")
+
+
+class HungSource(PostgresLogicalSource):
+    """The real source, except that closing it never ends (its server stopped answering)."""
+
+    async def close(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_stop_never_waits_on_a_part_that_does_not_close(
+    env: dict[str, str], cache: CacheManager, pg: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = unstarted_listener(env, cache, stop_wait_s=1.0, drain_s=0.5)
+    listener.add_source(HungSource(pg.dsn, Planner(DEFAULT_RULES).tables, slot="ack_hung"))
+    stop = asyncio.Event()
+    task = await listener.start(stop, within=30)
+    stop.set()
+    started = asyncio.get_running_loop().time()
+    done, _ = await asyncio.wait({task}, timeout=10)
+    assert done and task.exception() is None
+    assert asyncio.get_running_loop().time() - started < 4  # the one second it waited for the source
+    assert "source postgres did not close within 1 s" in caplog.text
+    await PostgresLogicalSource(pg.dsn, (), slot="ack_hung").close()
+    execute(pg, "SELECT pg_drop_replication_slot('ack_hung')")

@@ -164,6 +164,7 @@ class Acknowledger:
         self._where: dict[str, _Window] = {}
         self._to_confirm: dict[ChangeSource, str] = {}
         self._wake = asyncio.Event()
+        self._ticking = asyncio.Lock()
         self._room = asyncio.Event()
         self._room.set()
         self._park_after = 0.0
@@ -210,7 +211,8 @@ class Acknowledger:
         log.warning("%d invalidations not applied yet: reading of changes paused", self.pending_calls)
         while not self._room.is_set() and not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), 0.2)
+                async with asyncio.timeout(0.2):  # not wait_for: see run()
+                    await self._room.wait()
 
     def expire_all(self) -> None:
         """Check every unapplied call now (Redis restarted: queued tasks and receipts may be gone)."""
@@ -225,8 +227,11 @@ class Acknowledger:
         """Tick forever (a task of the listener): often while anything is pending, else idle."""
         while True:
             idle = not self._windows and not self._to_confirm
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns normally when it is
+            # cancelled just as the event is set, and this loop would then outlive the listener.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0 if idle else self.poll)
+                async with asyncio.timeout(1.0 if idle else self.poll):
+                    await self._wake.wait()
             self._wake.clear()
             await self.tick()
 
@@ -240,7 +245,13 @@ class Acknowledger:
         return not (self._windows or self._to_confirm)
 
     async def tick(self) -> None:
-        """One round: see what was applied, retry parks, confirm the done prefix, send lost calls."""
+        """One round: see what was applied, retry parks, confirm the done prefix, send lost calls.
+        Rounds never overlap (``drain`` ticks while ``run`` may still be ticking): two at once would
+        send the same lost calls twice."""
+        async with self._ticking:
+            await self._tick()
+
+    async def _tick(self) -> None:
         now = time.monotonic()
         await self._check_receipts()
         await self._retry_parks(now)

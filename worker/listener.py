@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -135,7 +135,8 @@ class Listener:
         for source in self.sources:
             entry: dict[str, Any] = {"name": source.name, "durable": source.durable, **source.counters()}
             try:
-                lag = await asyncio.wait_for(source.lag_bytes(), 2.0)
+                async with asyncio.timeout(2.0):
+                    lag = await source.lag_bytes()
             except Exception:  # Postgres slow or away: no figure this time
                 lag = None
             if lag is not None:
@@ -178,7 +179,11 @@ class Listener:
                 batch = await self._collect(window_s)
                 if batch:
                     await self.process(batch)
-            if not await self.acks.drain(self.settings.drain_s):
+            drained = False
+            with contextlib.suppress(TimeoutError):  # a tick stuck on a server that stopped answering
+                async with asyncio.timeout(self.settings.drain_s + self.settings.stop_wait_s):
+                    drained = await self.acks.drain(self.settings.drain_s)
+            if not drained:
                 log.warning("stopping with %d invalidations not applied yet", self.acks.pending_calls)
         finally:
             await self.close()
@@ -200,8 +205,12 @@ class Listener:
                     await asyncio.sleep(delay)
 
     async def _collect(self, window_s: float) -> list[tuple[ChangeSource, ChangeEvent]]:
+        # asyncio.timeout, never wait_for, around the waits of a loop: on Python 3.11 wait_for
+        # returns normally when it is cancelled just as what it waits for arrives, so the task
+        # would go on after being cancelled. A get the timeout cancels leaves its event queued.
         try:
-            first = await asyncio.wait_for(self.queue.get(), timeout=0.2)
+            async with asyncio.timeout(0.2):
+                first = await self.queue.get()
         except TimeoutError:
             return []
         batch = [first]
@@ -210,7 +219,8 @@ class Listener:
         deadline = now if quiet else now + window_s
         while (left := deadline - time.monotonic()) > 0 and len(batch) < _MAX_BATCH:
             try:
-                batch.append(await asyncio.wait_for(self.queue.get(), timeout=left))
+                async with asyncio.timeout(left):
+                    batch.append(await self.queue.get())
             except TimeoutError:
                 break
         while not self.queue.empty() and len(batch) < _MAX_BATCH:  # what is already here joins
@@ -236,7 +246,8 @@ class Listener:
         if not self.ready.is_set():
             stop.set()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 10)
+                async with asyncio.timeout(10):
+                    await task
             raise TimeoutError(f"the listener was not ready within {within:.0f} s")
         return task
 
@@ -390,18 +401,35 @@ class Listener:
         return mask_secrets(str(exc), self._secrets)
 
     async def close(self) -> None:
+        """Stop every part. One that has not stopped within ``stop_wait_s`` is logged and left behind,
+        so a stop never hangs; nothing it held back was confirmed, so a durable source replays it."""
+        wait = self.settings.stop_wait_s
         for task in [*self._tasks, *([self._saving] if self._saving else [])]:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            done, running = await asyncio.wait(self._tasks, timeout=wait)
+            for task in done:  # retrieved, so that none is reported as "never retrieved"
+                if not task.cancelled():
+                    task.exception()
+            if running:
+                names = ", ".join(sorted(task.get_name() for task in running))
+                log.error("%s still running %.0f s after being cancelled; stopping without them", names, wait)
         for source in self.sources:
-            with contextlib.suppress(Exception):
-                await source.close()
-        self._sender.shutdown(wait=True)
-        for client in (self.redis, self.broker):
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            await _closed(f"source {source.name}", source.close(), wait)
+        await _closed("task sender", asyncio.to_thread(self._sender.shutdown, True), wait)  # a send in flight
+        for name, client in (("redis client", self.redis), ("broker client", self.broker)):
+            await _closed(name, client.aclose(), wait)
+
+
+async def _closed(what: str, closing: Awaitable[Any], wait: float) -> None:
+    """Await one part's closing for at most ``wait`` seconds (best effort: its errors are ignored)."""
+    try:
+        async with asyncio.timeout(wait):
+            await closing
+    except TimeoutError:
+        log.error("%s did not close within %.0f s; stopping without it", what, wait)
+    except Exception:  # closing is best effort: the process is stopping
+        pass
 
 
 def _raw(event: ChangeEvent) -> str:

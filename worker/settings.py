@@ -68,6 +68,12 @@ class ListenerSettings(BaseSettings):
     drain_s: float = Field(
         5.0, ge=0, description="Seconds the listener waits at shutdown for sent invalidations to be applied."
     )
+    stop_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a stopping listener waits for each of its parts (tasks, sources, connections) to"
+        " close; one that does not is logged and left behind, so a stop never hangs.",
+    )
     warm_task_texts: int = Field(1024, ge=1, description="Most texts in one warming task the listener sends.")
     dead_letter_key: str = Field("shared_cache:dead_letters", description="Redis list of parked bad events.")
     dead_letter_max: int = Field(10_000, ge=1, description="Most dead letters kept (oldest dropped).")
