@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -288,3 +289,34 @@ def test_a_malformed_url_ends_the_listener_with_one_line(name: str, value: str, 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("invalid settings: " + named), done.stderr
     assert "hunter2" not in done.stderr  # a password in the URL is masked
+
+
+async def test_sigterm_while_changes_pour_in_stops_the_listener_at_once(
+    env: dict[str, str], sync_redis: redis.Redis, celery_worker: CeleryWorker
+) -> None:
+    # A stop must end the process however the listener's tasks are caught by it: three stops, each
+    # at another moment of a flood of changes. A hung stop would only be killed by end_process.
+    for attempt in range(3):
+        listener = await listening(env, sync_redis)
+        flooding = threading.Event()
+
+        def flood(flooding: threading.Event) -> None:
+            sent = 0
+            while not flooding.is_set():
+                publish(sync_redis, table="documents", type="UPDATE", record={"id": f"d{sent}", "tenant_id": "t1"})
+                sent += 1
+
+        thread = threading.Thread(target=flood, args=(flooding,))
+        thread.start()
+        try:
+            await asyncio.sleep(0.5 + 0.3 * attempt)
+            listener.proc.send_signal(signal.SIGTERM)
+            try:
+                code = await asyncio.to_thread(listener.proc.wait, 15)
+            except subprocess.TimeoutExpired:
+                code = None
+        finally:
+            flooding.set()
+            thread.join()
+            listener.stop()
+        assert code == 0, f"stop {attempt}: still running 15 s after SIGTERM\n{listener.output()}"
