@@ -69,11 +69,21 @@ async def cache(env: dict[str, str]) -> AsyncIterator[CacheManager]:
     await mgr.close()
 
 
+def unstarted_listener(env: dict[str, str], cache: CacheManager, **settings: Any) -> Listener:
+    tasks = TaskSettings(broker_url=env["SHARED_CACHE_WORKER_BROKER_URL"])
+    return Listener(
+        ListenerSettings(**settings),
+        Planner(DEFAULT_RULES),
+        make_app(tasks),
+        cache,
+        env["SHARED_CACHE_REDIS_URL"],
+        tasks,
+    )
+
+
 @contextlib.asynccontextmanager
 async def listening(env: dict[str, str], cache: CacheManager, pg: PostgresServer, slot: str) -> AsyncIterator[Listener]:
-    tasks = TaskSettings(broker_url=env["SHARED_CACHE_WORKER_BROKER_URL"])
-    settings = ListenerSettings(ack_timeout_s=1.0)
-    listener = Listener(settings, Planner(DEFAULT_RULES), make_app(tasks), cache, env["SHARED_CACHE_REDIS_URL"], tasks)
+    listener = unstarted_listener(env, cache, ack_timeout_s=1.0)
     listener.add_source(PostgresLogicalSource(pg.dsn, Planner(DEFAULT_RULES).tables, slot=slot))
     stop = asyncio.Event()
     task = await listener.start(stop, within=30)
@@ -214,18 +224,6 @@ async def test_while_no_worker_runs_nothing_is_sent_twice_and_reading_pauses_at_
         await asyncio.wait_for(run, 30)
         broker.flushdb()
         broker.close()
-
-
-def unstarted_listener(env: dict[str, str], cache: CacheManager, **settings: Any) -> Listener:
-    tasks = TaskSettings(broker_url=env["SHARED_CACHE_WORKER_BROKER_URL"])
-    return Listener(
-        ListenerSettings(**settings),
-        Planner(DEFAULT_RULES),
-        make_app(tasks),
-        cache,
-        env["SHARED_CACHE_REDIS_URL"],
-        tasks,
-    )
 
 
 async def test_the_acknowledger_stops_when_cancelled_just_as_it_is_woken(

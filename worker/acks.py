@@ -236,12 +236,14 @@ class Acknowledger:
             await self.tick()
 
     async def drain(self, within: float) -> bool:
-        """Tick until everything tracked is applied and confirmed, for at most ``within`` seconds."""
-        deadline = time.monotonic() + within
-        while (self._windows or self._to_confirm) and time.monotonic() < deadline:
-            await self.tick()
-            if self._windows or self._to_confirm:
-                await asyncio.sleep(self.poll)
+        """Tick until everything tracked is applied and confirmed, for at most ``within`` seconds: a
+        round stuck on a server that stopped answering is cut off there too."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self._windows or self._to_confirm:
+                    await self.tick()
+                    if self._windows or self._to_confirm:
+                        await asyncio.sleep(self.poll)
         return not (self._windows or self._to_confirm)
 
     async def tick(self) -> None:

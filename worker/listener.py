@@ -179,11 +179,7 @@ class Listener:
                 batch = await self._collect(window_s)
                 if batch:
                     await self.process(batch)
-            drained = False
-            with contextlib.suppress(TimeoutError):  # a tick stuck on a server that stopped answering
-                async with asyncio.timeout(self.settings.drain_s + self.settings.stop_wait_s):
-                    drained = await self.acks.drain(self.settings.drain_s)
-            if not drained:
+            if not await self.acks.drain(self.settings.drain_s):
                 log.warning("stopping with %d invalidations not applied yet", self.acks.pending_calls)
         finally:
             await self.close()
