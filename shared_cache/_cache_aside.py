@@ -99,11 +99,14 @@ async def get_with_cache_aside(
                     manager.stats.error("deserialize")
                 else:
                     latency = (perf_counter() - start) * 1000.0
-                    cell = entry[8]
-                    count = cell[0] = cell[0] + 1
-                    if not count & 15:  # one latency sample in sixteen keeps the hot path cheap
-                        manager.stats.sample(data_type, "memory", latency)
-                        manager.stats.tenant_sample(tenant_id, latency)  # type: ignore[arg-type]
+                    cell = entry[8]  # the memory cell (_metrics): [steps of 16, samples, phase]
+                    phase = cell[2]
+                    if phase < 15:
+                        cell[2] = phase + 1
+                    else:  # every 16th hit: count the 16, keep this one's latency
+                        cell[2] = 0
+                        cell[0] += 16
+                        cell[1].append(latency)
                     metrics = entry[9]
                     if metrics is None:
                         metrics = entry[9] = {

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from ._keyspace import Scope
+from ._metrics import MemoryCell, new_memory_cell
 from ._serialization import KIND_CUSTOM, KIND_EMBEDDING, KIND_JSON, KIND_NONE, decode_embedding
 
 # How an entry holds its value (MemoryEntry[KIND]).
@@ -43,7 +44,8 @@ HOLD_CUSTOM = 3  # JSON body of a custom serializer, passed through the caller's
 HOLD_FLAT = 4  # dict or list of scalars: a shallow copy is a full copy, and 4x cheaper than a decode
 
 # A memory entry is a list (mutable: CHECKED moves forward on a hit): these are its slots. HITS is the
-# memory-hit counter of the entry's data type and tenant (``CacheStats.memory_cell``). METRICS is the
+# memory cell of the entry's data type and tenant (``CacheStats.memory_cell``: its hit count and
+# sampled hit latencies). METRICS is the
 # hit's metrics without its latency, built on the first hit (None until then): each hit returns a
 # copy, which costs half of building the dict anew; entries never hit (most of a batch's) hold none.
 # STAMP is the tier's ``moves`` when the entry was stored or last moved to the recent end.
@@ -203,13 +205,13 @@ class MemoryTier:
         scopes: tuple[Scope, ...],
         seq: int | None = None,
         decoded: Any = _UNDECODED,
-        hits: list[int] | None = None,
+        hits: MemoryCell | None = None,
     ) -> bool:
         """Keep a payload for at most ``min(ttl, ttl_cap)`` seconds (``ttl`` 0 = the cap).
 
         ``seq`` is the tier's ``seq`` read before the value was looked up or fetched (default: now):
         an eviction of one of ``scopes`` since then makes the entry invalid from the start.
-        ``scopes[0]`` must be the tenant scope. ``hits`` is the counter a hit on the entry adds to.
+        ``scopes[0]`` must be the tenant scope. ``hits`` is the memory cell a hit on the entry counts in.
         """
         lifetime = self.ttl_cap if ttl <= 0 else min(ttl, self.ttl_cap)
         kind, data = hold(payload, decoded)
@@ -218,7 +220,8 @@ class MemoryTier:
             return False
         checked = self.seq if seq is None else seq
         expires = self.timer() + lifetime
-        entry = [expires, kind, data, key, level, size, scopes, checked, hits or [0], None, self.moves + 1]
+        cell = hits if hits is not None else new_memory_cell()
+        entry = [expires, kind, data, key, level, size, scopes, checked, cell, None, self.moves + 1]
         if entry[CHECKED] != self.seq and not self.revalidate(entry):
             self.delete(ident)  # a scope of it was evicted while it was fetched: never kept
             return False
@@ -237,7 +240,7 @@ class MemoryTier:
         self,
         items: list[tuple[Hashable, bytes, float, str, tuple[Scope, ...]]],
         seq: int,
-        hits: list[int],
+        hits: MemoryCell,
     ) -> None:
         """Keep many embedding payloads at once (the batch path): ``(ident, payload, ttl, key, scopes)``
         each, as :meth:`set` would, with one clock read and no per-entry decoding."""

@@ -1,9 +1,10 @@
 """Metrics of section 9: names, an in-process stats snapshot, per-tenant figures, custom metric hooks.
 
 Recording is a couple of dict updates and one append to a bounded ring of latency samples; a
-memory-tier hit does less: each memory entry holds the hit counter of its data type and tenant (a
-one-element list shared by their entries), so the hot path adds one to it and nothing else, and the
-totals per type and per tenant are summed when asked. ``snapshot()`` computes ratios and percentiles.
+memory-tier hit does less: each memory entry holds the cell of its data type and tenant (see
+:func:`memory_cell`, shared by their entries), so the hot path touches that list and nothing else,
+and the totals and percentiles per type and per tenant are gathered from the cells when asked.
+``snapshot()`` computes ratios and percentiles.
 Hooks receive every custom metric so a service can forward them to its own exporter; values of cache
 entries are never part of a metric.
 
@@ -29,10 +30,28 @@ METRIC_CACHE_SIZE = "cache_size"
 _SAMPLES = 2048
 _TENANT_SAMPLES = 256
 _CELLS = 20_000  # memory hit counters kept by (data type, tenant) before the unused ones are folded
+_CELL_SAMPLES = 256
+# A memory cell counts the hits of one (data type, tenant) in the memory tier and keeps the latency
+# of one hit in SAMPLE_EVERY: [hits counted in steps of SAMPLE_EVERY, ring of sampled latencies (ms),
+# hits since the last step (0 to SAMPLE_EVERY - 1)]; the count is CELL_STEPS + CELL_PHASE. The phase
+# stays a small int (CPython keeps those preallocated), so a hit allocates nothing; a count that
+# grows by one per hit would allocate a new int on every hit past 256, and a sample taken through
+# two method calls cost 6,400 instructions, 400 a hit on average.
+SAMPLE_EVERY = 16
+CELL_STEPS, CELL_RING, CELL_PHASE = range(3)
+MemoryCell = list[Any]
 
 MetricHook = Callable[[str, str, str, float, Mapping[str, Any]], Any]
 # Per tenant: [hits, misses, recent latencies in ms]
 TenantCounts = list[Any]
+
+
+def new_memory_cell() -> MemoryCell:
+    return [0, deque(maxlen=_CELL_SAMPLES), 0]
+
+
+def cell_hits(cell: MemoryCell) -> int:
+    return int(cell[CELL_STEPS] + cell[CELL_PHASE])
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -62,15 +81,21 @@ class TenantStats:
         ranked = sorted(self.by_tenant.items(), key=lambda item: item[1][0] + item[1][1], reverse=True)
         self.by_tenant = dict(ranked[: self.capacity // 2])
 
-    def top(self, n: int, memory_hits: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    def top(
+        self,
+        n: int,
+        memory_hits: dict[str, int] | None = None,
+        memory_samples: dict[str, list[float]] | None = None,
+    ) -> dict[str, dict[str, Any]]:
         """The ``n`` busiest tenants: hits (``memory_hits`` added), misses, hit ratio and p99 latency
-        (ms) of recent reads."""
+        (ms) of recent reads (``memory_samples``: sampled latencies of memory-tier hits)."""
         extra = memory_hits or {}
         rows = {t: (c[0] + extra.get(t, 0), c[1], c[2]) for t, c in self.by_tenant.items()}
         for tenant, hits in extra.items():
-            if tenant not in rows:
+            if hits and tenant not in rows:  # a tenant whose cells were zeroed and not hit since: none
                 rows[tenant] = (hits, 0, ())
         ranked = sorted(rows.items(), key=lambda item: item[1][0] + item[1][1], reverse=True)[:n]
+        samples = memory_samples or {}
         out: dict[str, dict[str, Any]] = {}
         for tenant, (hits, misses, ring) in ranked:
             total = hits + misses
@@ -78,7 +103,7 @@ class TenantStats:
                 "hits": hits,
                 "misses": misses,
                 "hit_ratio": hits / total if total else 0.0,
-                "p99_ms": percentile(list(ring), 0.99),
+                "p99_ms": percentile([*ring, *samples.get(tenant, ())], 0.99),
             }
         return out
 
@@ -88,8 +113,9 @@ class CacheStats:
 
     def __init__(self, tenant_capacity: int = 1000) -> None:
         self.hits: defaultdict[tuple[str, str], int] = defaultdict(int)
-        # memory-tier hits: one counter per (data type, tenant), held by their entries
-        self.memory_cells: dict[tuple[str, str], list[int]] = {}
+        # memory-tier hits and their sampled latencies: one cell per (data type, tenant), held by
+        # their entries
+        self.memory_cells: dict[tuple[str, str], MemoryCell] = {}
         self._folded: defaultdict[tuple[str, str], int] = defaultdict(int)  # counters no entry holds
         self.misses: defaultdict[str, int] = defaultdict(int)
         self.errors: defaultdict[str, int] = defaultdict(int)
@@ -99,32 +125,41 @@ class CacheStats:
         self.tenants = TenantStats(tenant_capacity)
         self.hooks: list[MetricHook] = []
 
-    def memory_cell(self, data_type: str, tenant: str) -> list[int]:
-        """The memory-hit counter that entries of ``data_type`` and ``tenant`` carry."""
+    def memory_cell(self, data_type: str, tenant: str) -> MemoryCell:
+        """The memory-hit cell that entries of ``data_type`` and ``tenant`` carry."""
         key = (data_type, tenant)
         cell = self.memory_cells.get(key)
         if cell is None:
             if len(self.memory_cells) >= _CELLS:
                 self._fold()
-            cell = self.memory_cells[key] = [0]
+            cell = self.memory_cells[key] = new_memory_cell()
         return cell
 
     def _fold(self) -> None:
         """Fold the counters no memory entry holds any more into plain totals (bounded memory)."""
         for key, cell in list(self.memory_cells.items()):
             if sys.getrefcount(cell) <= 3:  # this dict, ``cell`` here, getrefcount's argument
-                self._folded[key] += cell[0]
+                self._folded[key] += cell_hits(cell)  # its samples go with it: recent ones count
                 del self.memory_cells[key]
 
     def memory_hits(self) -> dict[tuple[str, str], int]:
         """Memory-tier hits by (data type, tenant)."""
         out = dict(self._folded)
         for key, cell in list(self.memory_cells.items()):
-            out[key] = out.get(key, 0) + cell[0]
+            out[key] = out.get(key, 0) + cell_hits(cell)
         return out
 
-    def tenant_sample(self, tenant: str, latency_ms: float) -> None:
-        self.tenants.track(tenant)[2].append(latency_ms)
+    def memory_samples(self) -> dict[tuple[str, str], list[float]]:
+        """Sampled latencies (ms) of memory-tier hits by (data type, tenant)."""
+        return {key: list(cell[CELL_RING]) for key, cell in list(self.memory_cells.items())}
+
+    def latency_rings(self) -> dict[tuple[str, str], list[float]]:
+        """Recent latencies (ms) by (data type, tier), the memory tier's samples gathered from its cells."""
+        out = {key: list(ring) for key, ring in list(self.latency.items())}
+        for (data_type, _), samples in self.memory_samples().items():
+            if samples:
+                out.setdefault((data_type, "memory"), []).extend(samples)
+        return out
 
     def sample(self, data_type: str, tier: str, latency_ms: float) -> None:
         ring = self.latency.get((data_type, tier))
@@ -165,7 +200,8 @@ class CacheStats:
         self.__init__(capacity)  # type: ignore[misc]
         self.hooks = hooks
         for cell in cells.values():  # entries hold them: zero them, keep them
-            cell[0] = 0
+            cell[CELL_STEPS] = cell[CELL_PHASE] = 0
+            cell[CELL_RING].clear()
         self.memory_cells = cells
 
     def all_hits(self) -> dict[tuple[str, str], int]:
@@ -178,6 +214,7 @@ class CacheStats:
         """Plain-dict view: totals, hit ratio, per type and tier counts and p50/p99 latency (ms), and
         the ``top_tenants`` busiest tenants."""
         all_hits = self.all_hits()
+        rings = self.latency_rings()
         hits = sum(all_hits.values())
         misses = sum(self.misses.values())
         per_type: dict[str, dict[str, Any]] = {}
@@ -189,8 +226,8 @@ class CacheStats:
             total = sum(row["hits"].values()) + row["misses"]
             row["hit_ratio"] = (sum(row["hits"].values()) / total) if total else 0.0
             row["latency_ms"] = {
-                tier: {"p50": percentile(list(ring), 0.5), "p99": percentile(list(ring), 0.99)}
-                for (dtype, tier), ring in self.latency.items()
+                tier: {"p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99)}
+                for (dtype, tier), samples in rings.items()
                 if dtype == data_type
             }
             row["bytes_written"] = self.sizes.get(data_type, 0)
@@ -213,7 +250,10 @@ class CacheStats:
         memory: dict[str, int] = {}
         for (_, tenant), count in self.memory_hits().items():
             memory[tenant] = memory.get(tenant, 0) + count
-        return self.tenants.top(n, memory)
+        samples: dict[str, list[float]] = {}
+        for (_, tenant), ring in self.memory_samples().items():
+            samples.setdefault(tenant, []).extend(ring)
+        return self.tenants.top(n, memory, samples)
 
     async def track(
         self,

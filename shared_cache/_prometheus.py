@@ -118,8 +118,8 @@ class CacheCollector:
             f.errors.add_metric([kind], count)
         for data_type, count in _copy(lambda: dict(stats.sizes)).items():
             f.written.add_metric([data_type], count)
-        for (data_type, tier), ring in sorted(_copy(lambda: dict(stats.latency)).items()):
-            buckets, total, _ = buckets_of(_copy(ring.copy), self.latency_buckets_ms)
+        for (data_type, tier), samples in sorted(_copy(stats.latency_rings).items()):
+            buckets, total, _ = buckets_of(samples, self.latency_buckets_ms)
             f.latency.add_metric([data_type, tier], buckets, total)
         memory = manager.memory
         if memory is not None:
@@ -128,7 +128,8 @@ class CacheCollector:
             f.memory_max_entries.add_metric([], memory.max_entries)
             f.memory_max_bytes.add_metric([], memory.max_bytes)
         if manager.settings.prometheus_tenant_metrics:
-            for tenant, row in stats.top_tenants(manager.settings.stats_top_tenants).items():
+            top = manager.settings.stats_top_tenants
+            for tenant, row in _copy(lambda: stats.top_tenants(top)).items():
                 f.tenant_hits.add_metric([tenant], row["hits"])
                 f.tenant_misses.add_metric([tenant], row["misses"])
                 f.tenant_p99.add_metric([tenant], row["p99_ms"])

@@ -24,6 +24,26 @@ async def test_busiest_tenants_with_hits_misses_ratio_and_p99(manager: CacheMana
     assert report["tenants"] == get_cache_stats()["tenants"]
 
 
+async def test_memory_hits_counted_exactly_and_sampled_into_type_and_tenant_figures(manager: CacheManager) -> None:
+    await get_with_cache_aside("document", "d", "quiet", lambda r, t, c: {"v": 1})  # the miss
+    manager.stats.reset()  # from here on only memory-tier hits
+    for hits in (1, 15, 16, 17, 40):
+        while get_cache_stats()["hits"] < hits:
+            await get_with_cache_aside("document", "d", "quiet", lambda r, t, c: {"v": 2})
+        snap = get_cache_stats()
+        assert snap["hits"] == hits and snap["misses"] == 0
+        assert snap["by_type"]["document"]["hits"] == {"memory": hits}  # type: ignore[index]
+        assert snap["tenants"]["quiet"]["hits"] == hits  # type: ignore[index]
+        memory_latency = snap["by_type"]["document"]["latency_ms"].get("memory")  # type: ignore[index]
+        if hits < 16:  # one hit in sixteen is timed into the percentiles
+            assert memory_latency is None and snap["tenants"]["quiet"]["p99_ms"] == 0.0  # type: ignore[index]
+        else:
+            assert 0 < memory_latency["p50"] <= memory_latency["p99"] < 50
+            assert 0 < snap["tenants"]["quiet"]["p99_ms"] < 50  # type: ignore[index]
+    manager.stats.reset()
+    assert get_cache_stats()["hits"] == 0 and get_cache_stats()["tenants"] == {}
+
+
 def test_the_number_of_tenants_tracked_is_bounded() -> None:
     stats = TenantStats(capacity=100)
     for i in range(10_000):
