@@ -209,6 +209,8 @@ async def test_as_numpy_is_one_float32_matrix_equal_to_the_lists(manager: CacheM
     matrix[0, 0] = 99.0  # the caller's own copy
     again, _ = await get_embeddings_batch_with_cache(texts, "t", "m", provider, as_numpy=True)
     assert again[0, 0] == lists[0][0]
+    one, _ = await get_embeddings_batch_with_cache(["beta"], "t", "m", provider, as_numpy=True)  # first row only
+    assert one.tolist() == [lists[1]] and one.flags["C_CONTIGUOUS"]
     empty, _ = await get_embeddings_batch_with_cache([], "t", "m", provider, as_numpy=True)
     assert empty.shape == (0, 0)
 
