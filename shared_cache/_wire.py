@@ -48,13 +48,22 @@ def _error(reply: ResponseError) -> ResponseError:
     return ResponseError(text)
 
 
-class WireConnection(asyncio.Protocol):
-    """One connection, pipelined. Create with :meth:`open`; use :meth:`execute`."""
+# Bytes read from the socket at a time, as asyncio's own transports read (256 KiB).
+_READ_BUFFER = 256 * 1024
+
+
+class WireConnection(asyncio.BufferedProtocol):
+    """One connection, pipelined. Create with :meth:`open`; use :meth:`execute`.
+
+    A buffered protocol: the transport reads into one buffer the connection keeps and hiredis parses
+    from there, instead of each read being a new bytes object that hiredis copies again (a batch's
+    lookup reads 1.4 MB)."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.loop = asyncio.get_running_loop()
         self._parser = hiredis.Reader(replyError=ResponseError)
+        self._buffer = memoryview(bytearray(_READ_BUFFER))
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._sent_at: deque[float] = deque()
         self._transport: asyncio.Transport | None = None
@@ -94,14 +103,17 @@ class WireConnection(asyncio.Protocol):
             raise
         return conn
 
-    # -- asyncio.Protocol --------------------------------------------------------------------------
+    # -- asyncio.BufferedProtocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, but they are transports
         self._transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         parser, waiting, sent_at = self._parser, self._waiting, self._sent_at
-        parser.feed(data)
+        parser.feed(self._buffer, 0, nbytes)  # type: ignore[arg-type]  # any buffer ("s*"); the stub says bytes
         while True:
             try:
                 reply = parser.gets()

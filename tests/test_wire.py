@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -147,6 +149,51 @@ async def test_unix_socket_url() -> None:
         t = tier(f"unix://{path}?db=1")
         assert await t.call("PING") == b"PONG"
         await t.close()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_replies_larger_than_the_read_buffer_and_many_small_ones_arrive_whole(
+    tls_files: tuple[Path, Path], tls: bool
+) -> None:
+    """Replies cross the connection's 256 KiB read buffer (and TLS records of 16 KiB) in pieces:
+    each caller gets its own reply, byte for byte, over TCP and over TLS."""
+    cert, key = tls_files
+    tls_port = free_port()
+    extra = []
+    if tls:
+        extra = ["--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+        extra += ["--tls-auth-clients", "no"]
+    server = EmbeddedRedis(extra=extra).start()
+    try:
+        admin = redis.Redis(port=server.port)
+        big = os.urandom(3 * 1024 * 1024 + 7)
+        admin.set("wire:big", big)
+        values = {f"wire:v{i}": os.urandom(i * 131 % 40_000) for i in range(300)}
+        admin.mset(values)
+        url = f"rediss://localhost:{tls_port}/0?ssl_ca_certs={cert}" if tls else server.url
+        t = tier(url)
+        small = asyncio.gather(*(t.call("GET", k) for k in values))
+        got_big, got_small, got_many = await asyncio.gather(t.call("GET", "wire:big"), small, t.call("MGET", *values))
+        assert got_big == big
+        assert got_small == got_many == list(values.values())
+        assert t.state().wire is not None and t.state().client is None  # the wire, not redis-py
+        await t.close()
+        admin.close()
     finally:
         server.cleanup()
 
