@@ -151,9 +151,23 @@ class RedisTier:
             return self._last_state
         state = self._states.get(loop)
         if state is None:
+            self._forget_closed_loops()
             state = self._states[loop] = LoopState()
         self._last_loop, self._last_state = loop, state
         return state
+
+    def _forget_closed_loops(self) -> None:
+        """Drop the state of loops that were closed without closing the tier (``asyncio.run()`` per
+        task, say): their connections to Redis are shut down here, when the next loop comes, and
+        their sockets closed with the rest of the closed loop's objects. Without this, each such loop
+        left a connection open for good, and its state with it: the state refers to its loop (through
+        the connection), so the weak mapping of loops never let go of it."""
+        for loop in [loop for loop in self._states if loop.is_closed()]:
+            state = self._states.pop(loop)
+            if state.wire is not None:
+                state.wire.shut_down()
+            if self._last_loop is loop:
+                self._last_loop = self._last_state = None
 
     def client(self) -> Redis:
         """This loop's redis-py client (pipelines, admin commands, the operator tools)."""
@@ -310,7 +324,8 @@ class RedisTier:
             return await self.call("EVAL", script.source, len(keys), *keys, *args)
 
     async def close(self) -> None:
-        """Close the current loop's connections (others close with their loops)."""
+        """Close the current loop's connections (those of loops closed since are shut down when the
+        next loop first uses the tier)."""
         loop = asyncio.get_running_loop()
         state = self._states.pop(loop, None)
         if state is not None:

@@ -17,6 +17,8 @@ after a timeout, the replies that follow could not be matched to their callers a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -182,6 +184,15 @@ class WireConnection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if not self.closed:
             self._fail(RedisConnectionError("connection closed"))
+
+    def shut_down(self) -> None:
+        """End the connection of a loop that was closed (its transport can no longer be closed):
+        Redis sees the client go at once; the socket itself is closed when it is collected."""
+        self.closed = True
+        if self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            with contextlib.suppress(Exception):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _where(endpoint: Endpoint) -> str:

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -13,6 +16,45 @@ from devtools.embedded import EmbeddedRedis as RedisServer
 from shared_cache import CacheManager
 
 _prefixes = itertools.count()
+
+
+# A test that hangs is failed by pytest-timeout (``timeout`` in pyproject.toml). Shortly before,
+# the watch below notes what every asyncio task still pending is waiting on, and the failure report
+# shows it: a hang in an event loop's teardown is otherwise just a stack of ``select``.
+_TASKS_NOTED_AFTER_S = 540.0
+_watch: dict[str, Any] = {"test": None, "since": 0.0, "noted": {}}
+
+
+def _pending_tasks() -> str:
+    lines: list[str] = []
+    for task in list(asyncio.tasks._all_tasks):  # type: ignore[attr-defined]  # every loop's, weakly held
+        if task.done():
+            continue
+        lines.append(repr(task))
+        for frame in task.get_stack():
+            lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+    return "\n".join(lines) or "no pending asyncio task"
+
+
+def _watch_for_hangs() -> None:
+    while True:
+        time.sleep(5)
+        test, running = _watch["test"], time.monotonic() - _watch["since"]
+        if test is not None and test not in _watch["noted"] and running > _TASKS_NOTED_AFTER_S:
+            with contextlib.suppress(Exception):  # read from another thread: best effort
+                _watch["noted"][test] = _pending_tasks()
+
+
+threading.Thread(target=_watch_for_hangs, name="hang-watch", daemon=True).start()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    _watch["test"], _watch["since"] = item.nodeid, time.monotonic()
+    try:
+        return (yield)
+    finally:
+        _watch["test"] = None
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -27,6 +69,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """
     if call.excinfo is None:
         return (yield)
+    noted = _watch["noted"].pop(item.nodeid, None)
+    if noted is not None:
+        item.add_report_section(call.when, "pending asyncio tasks", noted)
     gc.collect()
     gc.disable()
     try:

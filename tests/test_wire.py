@@ -242,6 +242,53 @@ def test_first_reads_on_new_loops_do_not_wait_on_a_hung_redis(hung: HungServer) 
     CacheManager._instance = None
 
 
+@pytest.mark.parametrize("closing", ["asyncio.run", "loop.close"])
+def test_a_loop_per_read_leaves_no_connection_behind(closing: str) -> None:
+    """The Celery-task pattern, the library never closed: a new event loop per read, 40 times. A
+    closed loop's connection to Redis is shut down when the next loop first reads, so at most one is
+    open at any time; no closed loop's state is kept, and every read after the first is a hit."""
+    import time
+
+    server = EmbeddedRedis().start()
+    admin = redis.Redis(port=server.port)
+    try:
+        mgr = CacheManager.configure(
+            redis_url=server.url, key_prefix="loops:", memory_enabled=False, stats_publish_seconds=0
+        )
+        calls = 0
+
+        def fetch(resource_id: str, tenant_id: str, ctx: object) -> dict[str, int]:
+            nonlocal calls
+            calls += 1
+            return {"v": 1}
+
+        async def read() -> tuple[object, str]:
+            value, metrics = await get_with_cache_aside("document", "d", "t", fetch)
+            return value, metrics["source"]
+
+        def connections() -> int:  # the library's, not this one's
+            return int(admin.info("clients")["connected_clients"]) - 1
+
+        for i in range(40):
+            if closing == "asyncio.run":
+                got = asyncio.run(read())
+            else:
+                loop = asyncio.new_event_loop()
+                got = loop.run_until_complete(read())
+                loop.close()
+            assert got == ({"v": 1}, "db" if i == 0 else "cache")
+            deadline = time.monotonic() + 5
+            while connections() > 1 and time.monotonic() < deadline:
+                time.sleep(0.01)  # Redis notices a closed connection on its next pass
+            assert connections() <= 1  # the loop just closed, until the next one comes
+        assert calls == 1
+        assert len(mgr.redis._states) <= 1
+    finally:
+        CacheManager._instance = None
+        admin.close()
+        server.cleanup()
+
+
 async def _timed(read: object) -> float:
     import time
 
