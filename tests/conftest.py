@@ -21,7 +21,7 @@ _prefixes = itertools.count()
 # A test that hangs is failed by pytest-timeout (``timeout`` in pyproject.toml). Shortly before,
 # the watch below notes what every asyncio task still pending is waiting on, and the failure report
 # shows it: a hang in an event loop's teardown is otherwise just a stack of ``select``.
-_TASKS_NOTED_AFTER_S = 540.0
+_TASKS_NOTED_AFTER_S = 840.0  # a minute before the timeout
 _watch: dict[str, Any] = {"test": None, "since": 0.0, "noted": {}}
 
 
