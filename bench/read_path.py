@@ -132,12 +132,14 @@ def _never(*args: Any) -> Any:
 
 def _batch_lookup_keys(manager: CacheManager, texts: list[str], tenant: str, model: str) -> list[str]:
     """The keys of a batch's one MGET when nothing is in the memory tier: the tenant and type
-    generations, then each text's entry and resource generation."""
-    keys: list[str] = []
+    generations, then each text's entry, then each text's resource generation."""
+    entries: list[str] = []
+    gens: list[str] = []
     for text in texts:  # the keys as the library spells them: a single-level plan of each text's id
         plan = manager.plan("embedding", tenant, CacheManager.embedding_resource_id(text, model))
-        keys += (plan.entry_keys[0], plan.gen_keys[2])  # gen_keys: tenant, type, resource
-    return [*plan.gen_keys[:2], *keys]
+        entries.append(plan.entry_keys[0])
+        gens.append(plan.gen_keys[2])  # gen_keys: tenant, type, resource
+    return [*plan.gen_keys[:2], *entries, *gens]
 
 
 async def batch(rows: list[Row]) -> None:

@@ -64,6 +64,11 @@ def _digest_head(model_name: str) -> bytes:
     return f"{len(model_name)}:{model_name}".encode("utf-8", "surrogatepass")
 
 
+# Every embedding resource id has this many ASCII characters ("emb_" and a 128-bit digest in hex):
+# the batch path packs its lookup commands with one argument length for all of them.
+RID_LENGTH = 36
+
+
 def _digest_id(text: str, head: bytes) -> str:
     return "emb_" + text_digest(text, head)
 

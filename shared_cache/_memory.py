@@ -238,23 +238,28 @@ class MemoryTier:
 
     def set_embeddings(
         self,
-        items: list[tuple[Hashable, bytes, float, str, tuple[Scope, ...]]],
+        idents: list[Hashable],
+        payloads: list[bytes],
+        ttls: list[float],
+        keys: list[str],
+        scopes: list[tuple[Scope, ...]],
         seq: int,
         hits: MemoryCell,
     ) -> None:
-        """Keep many embedding payloads at once (the batch path): ``(ident, payload, ttl, key, scopes)``
-        each, as :meth:`set` would, with one clock read and no per-entry decoding."""
+        """Keep many embedding payloads at once (the batch path), the n-th of each list making one
+        entry, as :meth:`set` would, with one clock read and no per-entry decoding (parallel lists:
+        ``zip`` reuses its tuple, where a list of tuples built one per entry)."""
         now = self.timer()
         data, cap, max_bytes, kind = self._data, self.ttl_cap, self.max_bytes, HOLD_EMBEDDING
         valid = seq == self.seq
         added = 0
         moves = self.moves
-        for ident, payload, ttl, key, scopes in items:
+        for ident, payload, ttl, key, entry_scopes in zip(idents, payloads, ttls, keys, scopes, strict=True):
             size = len(payload) + 64 + len(key)
             if size > max_bytes:
                 continue
             expires = now + (ttl if 0 < ttl < cap else cap)
-            entry = [expires, kind, payload, key, "tenant", size, scopes, seq, hits, None, moves + 1]
+            entry = [expires, kind, payload, key, "tenant", size, entry_scopes, seq, hits, None, moves + 1]
             if not valid and not self.revalidate(entry):
                 continue
             moves += 1

@@ -234,12 +234,19 @@ class RedisTier:
         connection lost with many of them in flight is one failure for the breaker). None when
         that connection is not up yet, not used (a cluster, a URL option it does not handle) or
         the breaker has seen failures: then use :meth:`call`."""
+        wire = self._wire_now()
+        return None if wire is None else self._reply(wire.send(*args))
+
+    def send_packed_now(self, command: bytes) -> Coroutine[Any, Any, Any] | None:
+        """As :meth:`send_now`, for one command the caller packed itself (see ``WireConnection.send_packed``)."""
+        wire = self._wire_now()
+        return None if wire is None else self._reply(wire.send_packed(command))
+
+    def _wire_now(self) -> WireConnection | None:
         if self._endpoint is None or self.breaker.failures:
             return None
         wire = self.state().wire
-        if wire is None or wire.closed:
-            return None
-        return self._reply(wire.send(*args))
+        return None if wire is None or wire.closed else wire
 
     def script_now(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
         """As :meth:`script`, but written now where :meth:`send_now` can (else when awaited)."""

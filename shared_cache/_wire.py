@@ -142,6 +142,12 @@ class WireConnection(asyncio.BufferedProtocol):
     # -- calls -------------------------------------------------------------------------------------
     def send(self, *args: Any) -> asyncio.Future[Any]:
         """Write one command now and return the future of its reply (pipelining: do not wait here)."""
+        return self.send_packed(hiredis.pack_command(args))
+
+    def send_packed(self, command: bytes) -> asyncio.Future[Any]:
+        """As :meth:`send`, for one command the caller packed itself (RESP: ``*n``, then ``$len`` and
+        the bytes of each argument). It must be exactly one command: replies are matched to callers
+        by their order."""
         if self.closed or self._transport is None:
             raise RedisConnectionError("connection to Redis is closed")
         future = self.loop.create_future()
@@ -150,7 +156,7 @@ class WireConnection(asyncio.BufferedProtocol):
             self._timer = self.loop.call_at(now + self.timeout, self._check_timeout)
         self._waiting.append(future)
         self._sent_at.append(now)
-        self._transport.write(hiredis.pack_command(args))
+        self._transport.write(command)
         return future
 
     async def execute(self, *args: Any) -> Any:

@@ -250,3 +250,56 @@ async def test_an_expired_entry_is_not_served_from_either_tier(manager: CacheMan
 async def test_a_bad_model_name_is_named_in_the_error(manager: CacheManager, model_name: Any) -> None:
     with pytest.raises(ValueError, match="non-empty str model_name"):
         await get_embeddings_batch_with_cache(["x"], "t", model_name, Provider())
+
+
+async def test_the_packed_lookup_is_the_mget_of_the_lookup_keys(redis_url: str) -> None:
+    """The lookup's MGETs are packed by the batch itself: byte for byte what hiredis packs for the
+    same keys, with a key prefix and texts beyond ASCII, and Redis finds with them what the batch
+    wrote."""
+    import hiredis
+
+    from shared_cache._batch import _Batch
+
+    manager = CacheManager.configure(
+        redis_url=redis_url, key_prefix="clé-ключ:", ttl_jitter=0.0, stats_publish_seconds=0
+    )
+    try:
+        texts = [f"texte {i} é ✓ \U0001f600" for i in range(300)]
+        provider = Provider()
+        await get_embeddings_batch_with_cache(texts, "tenant_u", "modèle", provider)
+        batch = _Batch(manager, "tenant_u", "modèle", texts)
+        await batch.lookup()
+        for chunk in ([0], list(range(128)), list(range(128, 300))):
+            keys = batch.lookup_keys(chunk)
+            assert batch.lookup_command(chunk) == hiredis.pack_command(("MGET", *keys))
+            plans = [manager.plan("embedding", "tenant_u", batch.rids[i]) for i in chunk]
+            assert keys[2:] == [p.entry_keys[0] for p in plans] + [p.gen_keys[2] for p in plans]
+        manager.memory.clear()  # type: ignore[union-attr]
+        out, metrics = await get_embeddings_batch_with_cache(texts, "tenant_u", "modèle", provider)
+        assert metrics["redis_hits"] == 300 and metrics["cache_misses"] == 0 and len(provider.calls) == 1
+        assert out == [f32(v) for v in provider(texts)]
+    finally:
+        await manager.close()
+        CacheManager._instance = None
+
+
+@pytest.mark.parametrize("ttl", [2, 0, None])
+async def test_a_redis_hit_is_kept_in_memory_no_longer_than_it_has_left_in_redis(
+    manager: CacheManager, ttl: int | None
+) -> None:
+    """Entries the batch reads from Redis stay in the memory tier for what they have left there (2 s),
+    or for the tier's cap when that is less (no expiry, or the type's default of days)."""
+    provider = Provider()
+    texts = [f"t{i}" for i in range(20)]
+    await get_embeddings_batch_with_cache(texts, "t", "m", provider, ttl=ttl)
+    memory = manager.memory
+    assert memory is not None
+    memory.clear()
+    _, metrics = await get_embeddings_batch_with_cache(texts, "t", "m", provider, ttl=ttl)
+    assert metrics["redis_hits"] == 20
+    lefts = [entry[0] - memory.timer() for entry in memory._data.values()]
+    assert len(lefts) == 20
+    if ttl == 2:
+        assert all(1.0 < left <= 2.0 for left in lefts)
+    else:
+        assert all(memory.ttl_cap - 1.0 < left <= memory.ttl_cap for left in lefts)
