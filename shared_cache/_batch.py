@@ -281,12 +281,12 @@ class _Batch:
                             tags[i] = want
                             continue
                         header, length = shape.header, shape.length  # known from the first payload on
-                    found[unique[i]] = payload
                     rows.append(i)
                     payloads.append(payload)
                     expiries.append(parts[1])
                     continue
             tags[i] = want
+        found.update(zip(map(unique.__getitem__, rows), payloads, strict=True))
         self.metrics["redis_hits"] += len(rows)
         self.metrics["corrupt"] += corrupt
         if self.memory is not None and rows:
@@ -402,7 +402,7 @@ def _as_lists(texts: Sequence[str], found: dict[str, bytes]) -> list[list[float]
 def _as_matrix(texts: Sequence[str], found: dict[str, bytes]) -> np.ndarray[Any, Any]:
     import numpy as np
 
-    lengths = {len(payload) for payload in found.values()}
+    lengths = set(map(len, found.values()))
     if len(lengths) > 1:
         dims = sorted((n - 5) // 4 for n in lengths)
         raise ValueError(f"as_numpy needs embeddings of one dimension, got dimensions {dims}")
