@@ -274,6 +274,10 @@ async def test_the_packed_lookup_is_the_mget_of_the_lookup_keys(redis_url: str) 
             assert batch.lookup_command(chunk) == hiredis.pack_command(("MGET", *keys))
             plans = [manager.plan("embedding", "tenant_u", batch.rids[i]) for i in chunk]
             assert keys[2:] == [p.entry_keys[0] for p in plans] + [p.gen_keys[2] for p in plans]
+        # ids of another length, or beyond ASCII (none are made so far), are packed one by one
+        for odd in (["emb_short", "x" * 37], ["é" * 36, "x" * 36], ["é" + "x" * 35, "y" * 35]):
+            batch.rids[:2] = odd
+            assert batch.lookup_command([0, 1]) == hiredis.pack_command(("MGET", *batch.lookup_keys([0, 1])))
         manager.memory.clear()  # type: ignore[union-attr]
         out, metrics = await get_embeddings_batch_with_cache(texts, "tenant_u", "modèle", provider)
         assert metrics["redis_hits"] == 300 and metrics["cache_misses"] == 0 and len(provider.calls) == 1
