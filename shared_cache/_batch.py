@@ -395,10 +395,13 @@ def _seconds_left(expiries: list[bytes], cap: float) -> list[float]:
     """Seconds each entry has left in Redis, from its expiry (Unix ms, ASCII; 0: none), or 0.0 for
     none or for more than ``cap`` (the memory tier keeps nothing longer): negative once expired.
     Expiries beyond the cap, most of them, are told apart from the rest by comparing their digits,
-    not parsed (equal-length digit strings compare as their numbers do)."""
+    not parsed (equal-length digit strings compare as their numbers do): all at once when they
+    all are."""
     now = time.time()
     horizon = b"%d" % int((now + cap) * 1000)
     size = len(horizon)
+    if min(map(len, expiries), default=0) == size == max(map(len, expiries)) and min(expiries) >= horizon:
+        return [0.0] * len(expiries)  # all beyond the cap (the usual case), told in C
     return [
         0.0 if (len(expiry) == size and expiry >= horizon) or len(expiry) > size or expiry == b"0"
         else int(expiry) / 1000.0 - now
