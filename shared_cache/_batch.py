@@ -261,13 +261,10 @@ class _Batch:
         whole of the size that makes them ASCII, or the keys are packed one by one."""
         rids = [self.rids[i] for i in chunk]
         entry_field, gen_field = self.entry_field, self.gen_field
-        command = (
-            f"*{3 + 2 * len(rids)}\r\n{self.mget_head}{entry_field}{entry_field.join(rids)}"
-            f"{gen_field}{gen_field.join(rids)}\r\n"
-        ).encode()
-        head = len(f"*{3 + 2 * len(rids)}\r\n{self.mget_head}\r\n".encode())
+        head = f"*{3 + 2 * len(rids)}\r\n{self.mget_head}"
+        command = f"{head}{entry_field}{entry_field.join(rids)}{gen_field}{gen_field.join(rids)}\r\n".encode()
         if (
-            len(command) != head + len(rids) * self.id_bytes
+            len(command) != len(head.encode()) + len(rids) * self.id_bytes + 2  # 2: the last CRLF
             or min(map(len, rids), default=RID_LENGTH) != RID_LENGTH
             or max(map(len, rids), default=RID_LENGTH) != RID_LENGTH
         ):
