@@ -4,7 +4,8 @@ publisher): stopped from that loop with :meth:`stop`, or from synchronous code w
 from __future__ import annotations
 
 import asyncio
-import contextlib
+
+from .cancellation import cancel_and_wait
 
 
 class LoopTask:
@@ -14,10 +15,14 @@ class LoopTask:
 
     async def stop(self) -> None:
         task, self.task = self.task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if task is None or task.done():
+            return
+        loop = task.get_loop()
+        if loop is not asyncio.get_running_loop():  # another loop's task (asyncio.run per Celery task)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
+            return
+        await cancel_and_wait([task])  # again until done: redis-py can lose a cancellation
 
     def stop_soon(self) -> None:
         """Cancel without waiting (from synchronous code, e.g. when the singleton is replaced)."""

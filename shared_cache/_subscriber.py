@@ -20,6 +20,7 @@ from ._events import EvictionEvent
 from ._loop_task import LoopTask
 from ._memory import MemoryTier
 from ._metrics import CacheStats
+from .cancellation import raise_if_cancelled
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -91,6 +92,7 @@ class EvictionSubscriber(LoopTask):
                 except Exception:
                     self.errors += 1
                     self.stats.error("subscriber")
+                raise_if_cancelled()  # a cancellation redis-py turned into an error or lost
                 self.failed.set()
                 if self.subscribed.is_set():  # it had worked: retry quickly
                     backoff = _BACKOFF_FIRST
@@ -107,6 +109,7 @@ class EvictionSubscriber(LoopTask):
         pubsub = client.pubsub(ignore_subscribe_messages=False)
         try:
             await pubsub.subscribe(self.channel)
+            raise_if_cancelled()  # lost by redis-py while sending: listen() would block until a message
             async for message in pubsub.listen():
                 kind = message.get("type")
                 if kind == "subscribe":

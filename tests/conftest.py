@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,7 @@ _prefixes = itertools.count()
 # A test that hangs is failed by pytest-timeout (``timeout`` in pyproject.toml). Shortly before,
 # the watch below notes what every asyncio task still pending is waiting on, and the failure report
 # shows it: a hang in an event loop's teardown is otherwise just a stack of ``select``.
-_TASKS_NOTED_AFTER_S = 840.0  # a minute before the timeout
+_TASKS_NOTED_AFTER_S = float(os.environ.get("TASKS_NOTED_AFTER_S", "840"))  # a minute before the timeout
 _watch: dict[str, Any] = {"test": None, "since": 0.0, "noted": {}}
 
 
@@ -31,9 +32,22 @@ def _pending_tasks() -> str:
         if task.done():
             continue
         lines.append(repr(task))
-        for frame in task.get_stack():
-            lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        lines.extend(f"    {where}" for where in _awaiting(task.get_coro()))
     return "\n".join(lines) or "no pending asyncio task"
+
+
+def _awaiting(awaitable: object) -> list[str]:
+    """Where a suspended coroutine waits, down its chain of awaits (``Task.get_stack`` shows only the
+    outermost frame, which says nothing of the library call that never returns)."""
+    chain: list[str] = []
+    while awaitable is not None and len(chain) < 64:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
+        if frame is None:
+            chain.append(f"awaits {awaitable!r}")
+            break
+        chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "ag_await", None)
+    return chain
 
 
 def _watch_for_hangs() -> None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aredis
 
 from shared_cache import CacheManager
+from shared_cache.cancellation import raise_if_cancelled
 from tasks.contracts import InvalidateCall
 from worker.counters import ListenerCounters
 from worker.sources.base import ChangeSource
@@ -234,6 +235,7 @@ class Acknowledger:
                     await self._wake.wait()
             self._wake.clear()
             await self.tick()
+            raise_if_cancelled()  # redis-py may have lost a cancellation (see shared_cache.cancellation)
 
     async def drain(self, within: float) -> bool:
         """Tick until everything tracked is applied and confirmed, for at most ``within`` seconds: a

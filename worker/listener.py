@@ -30,6 +30,7 @@ import orjson
 import redis.asyncio as aredis
 
 from shared_cache import CacheManager
+from shared_cache.cancellation import cancel_and_wait, raise_if_cancelled
 from tasks.contracts import INVALIDATION_QUEUE, InvalidateCall, TaskCall, WarmCall
 from tasks.settings import TaskSettings
 from tasks.support import Backoff, mask_secrets, secrets_of
@@ -179,6 +180,7 @@ class Listener:
                 batch = await self._collect(window_s)
                 if batch:
                     await self.process(batch)
+                raise_if_cancelled()  # redis-py may have lost a cancellation (see shared_cache.cancellation)
             if not await self.acks.drain(self.settings.drain_s):
                 log.warning("stopping with %d invalidations not applied yet", self.acks.pending_calls)
         finally:
@@ -196,6 +198,7 @@ class Listener:
                 except ReplicationSetupError:
                     raise
                 except Exception as exc:
+                    raise_if_cancelled()
                     delay = backoff.next()
                     log.warning("%s: cannot prepare (%s); retrying in %.1fs", source.name, self._mask(exc), delay)
                     await asyncio.sleep(delay)
@@ -259,6 +262,7 @@ class Listener:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    raise_if_cancelled()  # an error on the way out of a cancellation: stop, not restart
                     log.error("%s failed (%s); restarting it", name, self._mask(exc), exc_info=True)
                     await asyncio.sleep(backoff.next())
 
@@ -273,10 +277,12 @@ class Listener:
                 async for event in source.events():
                     await self.queue.put((source, event))
                     backoff.reset()
+                    raise_if_cancelled()  # a source's client may have lost it (see shared_cache.cancellation)
                 return  # the source was closed
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelled()
                 self.counters.source_restarts += 1
                 log.error("%s: change stream failed (%s); opening it again", source.name, self._mask(exc))
                 if not source.durable:
@@ -381,8 +387,10 @@ class Listener:
             try:
                 current = (await self.redis.info("server"))["run_id"]
             except Exception:
+                raise_if_cancelled()
                 await asyncio.sleep(every)
                 continue  # down: we will see the new run id when it is back
+            raise_if_cancelled()  # redis-py loses a cancellation that lands as INFO is sent
             if run_id is not None and current != run_id:
                 self.counters.redis_restarts += 1
                 self.acks.expire_all()
@@ -400,16 +408,12 @@ class Listener:
         """Stop every part. One that has not stopped within ``stop_wait_s`` is logged and left behind,
         so a stop never hangs; nothing it held back was confirmed, so a durable source replays it."""
         wait = self.settings.stop_wait_s
-        for task in [*self._tasks, *([self._saving] if self._saving else [])]:
-            task.cancel()
-        if self._tasks:
-            done, running = await asyncio.wait(self._tasks, timeout=wait)
-            for task in done:  # retrieved, so that none is reported as "never retrieved"
-                if not task.cancelled():
-                    task.exception()
-            if running:
-                names = ", ".join(sorted(task.get_name() for task in running))
-                log.error("%s still running %.0f s after being cancelled; stopping without them", names, wait)
+        if self._saving:
+            self._saving.cancel()
+        running = await cancel_and_wait(self._tasks, within=wait)  # cancelled again until done
+        if running:
+            names = ", ".join(sorted(task.get_name() for task in running))
+            log.error("%s still running %.0f s after being cancelled; stopping without them", names, wait)
         for source in self.sources:
             await _closed(f"source {source.name}", source.close(), wait)
         await _closed("task sender", asyncio.to_thread(self._sender.shutdown, True), wait)  # a send in flight

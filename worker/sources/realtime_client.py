@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -47,12 +46,3 @@ def discard_pending(channel: AsyncRealtimeChannel) -> None:
     for push in list(channel.messages_waiting_for_ack.values()):
         push.destroy()
     channel.messages_waiting_for_ack.clear()
-
-
-async def cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel a task and wait until it is really done. Re-cancels: Python 3.11's ``asyncio.wait_for``
-    (used inside the realtime client and psycopg) can swallow a cancellation that races with its
-    result, and a single ``cancel()`` then leaves ``close()`` waiting forever."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aredis
 from pydantic import ValidationError
 
+from shared_cache.cancellation import raise_if_cancelled
 from tasks.support import Backoff
 from worker.events import ChangeEvent
 from worker.sources.base import DeadLetterHandler, GapHandler
@@ -51,6 +52,7 @@ class RedisPubSubSource:
             pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
+                raise_if_cancelled()  # lost by redis-py while sending: listen() would block until a message
                 async for message in pubsub.listen():
                     if message["type"] == "subscribe":
                         self.subscriptions += 1
@@ -68,6 +70,7 @@ class RedisPubSubSource:
                     await pubsub.aclose()
                 with contextlib.suppress(Exception):
                     await client.aclose()
+            raise_if_cancelled()
             await asyncio.sleep(backoff.next())
 
     async def _parse(self, raw: bytes) -> ChangeEvent | None:

@@ -57,11 +57,12 @@ from realtime import (
     RealtimeSubscribeStates,
 )
 
+from shared_cache.cancellation import cancel_and_wait, raise_if_cancelled
 from tasks.supabase_api import realtime_url, split_table
 from tasks.support import Backoff, mask_secrets
 from worker.events import ChangeEvent
 from worker.sources.base import DeadLetterHandler, GapHandler
-from worker.sources.realtime_client import RejectedFrames, cancel_and_wait, discard_pending
+from worker.sources.realtime_client import RejectedFrames, discard_pending
 from worker.sources.realtime_losses import LossReporter
 from worker.sources.realtime_payload import (
     SOURCE_NAME,
@@ -223,7 +224,7 @@ class SupabaseRealtimeSource:
         self._closed = True
         runner, self._runner = self._runner, None
         if runner is not None:
-            await cancel_and_wait(runner)
+            await cancel_and_wait([runner])  # again and again: the realtime client and psycopg use wait_for
         await self._teardown()
         if self._heartbeat is not None:
             with contextlib.suppress(Exception):
@@ -241,6 +242,7 @@ class SupabaseRealtimeSource:
             try:
                 await self._open()
             except Exception as exc:  # connection refused, handshake rejected, timeout...
+                raise_if_cancelled()  # a cancellation a client call lost or turned into an error
                 delay = backoff.next()
                 logger.warning("realtime subscribe failed (retry in %.1fs): %s", delay, self._safe(exc))
                 await self._teardown()
@@ -248,6 +250,7 @@ class SupabaseRealtimeSource:
                 continue
             reason = await self._watch(reason)
             await self._teardown()
+            raise_if_cancelled()
             if self._losses.troubled and reason == REASON_AFTER_CLOSE:
                 await asyncio.sleep(backoff.next())  # a server that closes every channel: no hot loop
             elif not self._losses.troubled:
