@@ -14,14 +14,11 @@ class LoopTask:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def stop(self) -> None:
-        task, self.task = self.task, None
-        if task is None or task.done():
+        task = self.task
+        if task is None or task.done() or self.loop is not asyncio.get_running_loop():
+            self.stop_soon()  # nothing to wait for, or another loop's task (asyncio.run per Celery task)
             return
-        loop = task.get_loop()
-        if loop is not asyncio.get_running_loop():  # another loop's task (asyncio.run per Celery task)
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(task.cancel)
-            return
+        self.task = None
         await cancel_and_wait([task])  # again until done: redis-py can lose a cancellation
 
     def stop_soon(self) -> None:

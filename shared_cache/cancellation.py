@@ -19,15 +19,10 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def cancel_requested() -> bool:
-    """Whether the current task has been asked to stop (even if the request was lost on the way)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 def raise_if_cancelled() -> None:
     """Raise ``CancelledError`` in a task that was cancelled, whether or not the error reached it."""
-    if cancel_requested():
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() > 0:
         raise asyncio.CancelledError
 
 
