@@ -176,19 +176,21 @@ async def batch(rows: list[Row]) -> None:
             await get_embeddings_batch_with_cache([tag + t for t in texts[:900]], "tenant_abc", "minilm", provider)
             memory.clear()
             results.clear()  # freeing the last result (400k floats in list form) is not the next call's work
+            batch_texts = [tag + t for t in texts]  # the caller's texts, made before the clock starts (as the loop's)
             start = time.perf_counter()
             results.append(
                 await get_embeddings_batch_with_cache(
-                    [tag + t for t in texts], "tenant_abc", "minilm", provider, as_numpy=form == "numpy"
+                    batch_texts, "tenant_abc", "minilm", provider, as_numpy=form == "numpy"
                 )
             )
             runs[form].append(time.perf_counter() - start)
             trips = results[-1][1]["round_trips"]
             results.clear()
+            batch_texts = [tag + t for t in texts]  # new strings again: none has its hash computed yet
             start = time.perf_counter()  # again: now every text is in the memory tier
             results.append(
                 await get_embeddings_batch_with_cache(
-                    [tag + t for t in texts], "tenant_abc", "minilm", provider, as_numpy=form == "numpy"
+                    batch_texts, "tenant_abc", "minilm", provider, as_numpy=form == "numpy"
                 )
             )
             runs[f"memory {form}"].append(time.perf_counter() - start)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from itertools import repeat
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 
@@ -105,12 +105,13 @@ async def get_embeddings_batch_with_cache(
     batch = _Batch(manager, tenant, model_name, list(dict.fromkeys(texts)))
     batch.metrics["duplicates"] = len(texts) - len(batch.unique)
     await batch.lookup()
-    unique, found = batch.unique, batch.found
-    missing = [i for i in batch.pending if unique[i] not in found]
+    found = batch.found
+    missing = [i for i in batch.pending if found[i] is None]
     try:
         if missing:
             await batch.generate(embedding_provider, missing, ttl)
-        out = _as_matrix(texts, batch.found) if as_numpy else _as_lists(texts, batch.found)
+        rows, payloads = batch.rows_of(texts), cast(list[bytes], found)  # every text's, by now
+        out = _as_matrix(rows, payloads) if as_numpy else _as_lists(rows, payloads)
     finally:
         await batch.written()  # the write, sent before the result was assembled
     hits = len(batch.unique) - len(missing)
@@ -146,7 +147,7 @@ class _Batch:
         self.seq = self.memory.seq if self.memory is not None else 0
         self.cell = manager.stats.memory_cell(_TYPE, tenant)
         self.shape = _Shape()
-        self.found: dict[str, bytes] = {}
+        self.found: list[bytes | None] = [None] * len(unique)  # each distinct text's payload, once known
         self.pending: list[int] = []
         self.tags: dict[int, bytes] = {}
         self.write: tuple[Awaitable[Any], list[str], int] | None = None  # sent, not yet awaited
@@ -170,12 +171,19 @@ class _Batch:
     def res_gen(self, i: int) -> str:
         return self.gen_prefix + self.rids[i]
 
+    def rows_of(self, texts: Sequence[str]) -> Sequence[int]:
+        """The index in ``unique`` of each of ``texts`` (the caller's order, duplicates included)."""
+        if len(texts) == len(self.unique):  # no duplicates: the same texts in the same order
+            return range(len(texts))
+        index = {text: i for i, text in enumerate(self.unique)}
+        return list(map(index.__getitem__, texts))
+
     def from_memory(self, start: int, end: int) -> list[int]:
         """Texts ``start`` to ``end`` (their ids computed) from the memory tier; returns the others."""
         memory, found, shape = self.memory, self.found, self.shape
         if memory is None:
             return list(range(start, end))
-        now, tenant, rids, unique = memory.timer(), self.tenant, self.rids, self.unique  # one clock read
+        now, tenant, rids = memory.timer(), self.tenant, self.rids  # one clock read
         present = memory._data.__contains__  # most texts of a batch are not there: no call for those
         pending: list[int] = []
         idents = self.idents
@@ -188,7 +196,7 @@ class _Batch:
                 continue
             entry = memory.get(ident, now)
             if entry is not None and entry[KIND] == HOLD_EMBEDDING and shape.ok(entry[DATA]):
-                found[unique[i]] = entry[DATA]
+                found[i] = entry[DATA]
                 hits += 1
                 continue
             if entry is not None:
@@ -276,7 +284,7 @@ class _Batch:
     def parse(self, chunk: list[int], reply: list[Any]) -> None:
         head_tag = (reply[0] or b"0") + b"," + (reply[1] or b"0") + b","
         current = head_tag + b"0"  # the tag of a text whose own generation was never bumped
-        found, shape, unique, tags = self.found, self.shape, self.unique, self.tags
+        found, shape, tags = self.found, self.shape, self.tags
         header, length = shape.header, shape.length  # the shape.ok test, inlined for all but the first
         rows: list[int] = []
         payloads: list[bytes] = []
@@ -295,12 +303,12 @@ class _Batch:
                             tags[i] = want
                             continue
                         header, length = shape.header, shape.length  # known from the first payload on
+                    found[i] = payload
                     rows.append(i)
                     payloads.append(payload)
                     expiries.append(parts[1])
                     continue
             tags[i] = want
-        found.update(zip(map(unique.__getitem__, rows), payloads, strict=True))
         self.metrics["redis_hits"] += len(rows)
         self.metrics["corrupt"] += corrupt
         if self.memory is not None and rows:
@@ -314,14 +322,15 @@ class _Batch:
         if min(lefts) < 0:
             kept = [j for j, left in enumerate(lefts) if left >= 0]
             rows, payloads, lefts = [rows[j] for j in kept], [payloads[j] for j in kept], [lefts[j] for j in kept]
-        tenant, rids, idents, prefix = self.tenant, self.rids, self.idents, self.entry_prefix
         tenant_scope, type_scope = self.scopes
+        rids = list(map(self.rids.__getitem__, rows))  # lists built in C: no bytecode per text
+        resource_scopes = zip(repeat(self.tenant), repeat("res"), repeat(_TYPE), rids)
         memory.set_embeddings(
-            [idents[i] for i in rows],
+            list(map(self.idents.__getitem__, rows)),
             payloads,
             lefts,
-            [prefix + rids[i] for i in rows],
-            [(tenant_scope, type_scope, (tenant, "res", _TYPE, rids[i])) for i in rows],
+            list(map(self.entry_prefix.__add__, rids)),
+            list(zip(repeat(tenant_scope), repeat(type_scope), resource_scopes)),
             self.seq,
             self.cell,
         )
@@ -329,7 +338,7 @@ class _Batch:
     async def generate(self, provider: EmbeddingProvider, missing: list[int], ttl: int | None) -> None:
         payloads = await _generate(provider, [self.unique[i] for i in missing])
         for i, payload in zip(missing, payloads, strict=True):
-            self.found[self.unique[i]] = payload
+            self.found[i] = payload
         seconds = ttl_for(_TYPE, ttl, self.manager.settings.ttl_jitter)
         self.send_write(missing, payloads, seconds)
         if self.memory is not None:  # kept no longer than in Redis (0: no expiry, the tier's own cap)
@@ -406,39 +415,39 @@ def _seconds_left(expiries: list[bytes], cap: float) -> list[float]:
     ]  # fmt: skip
 
 
-def _as_lists(texts: Sequence[str], found: dict[str, bytes]) -> list[list[float]]:
-    decoded = {text: decode_embedding(payload) for text, payload in found.items()}
-    seen: set[str] = set()
+def _as_lists(rows: Sequence[int], found: list[bytes]) -> list[list[float]]:
+    decoded = list(map(decode_embedding, found))
+    seen: set[int] = set()
     out: list[list[float]] = []
-    for text in texts:  # each position gets its own list, even for repeated texts
-        out.append(decoded[text] if text not in seen else list(decoded[text]))
-        seen.add(text)
+    for row in rows:  # each position gets its own list, even for repeated texts
+        out.append(decoded[row] if row not in seen else list(decoded[row]))
+        seen.add(row)
     return out
 
 
-def _as_matrix(texts: Sequence[str], found: dict[str, bytes]) -> np.ndarray[Any, Any]:
+def _as_matrix(rows: Sequence[int], found: list[bytes]) -> np.ndarray[Any, Any]:
     import numpy as np
 
-    lengths = set(map(len, found.values()))
+    lengths = set(map(len, found))
     if len(lengths) > 1:
         dims = sorted((n - 5) // 4 for n in lengths)
         raise ValueError(f"as_numpy needs embeddings of one dimension, got dimensions {dims}")
     length = lengths.pop() if lengths else 5
     dim = (length - 5) // 4
-    if not texts or not dim:
-        return np.empty((len(texts), dim), dtype=np.float32)
+    if not rows or not dim:
+        return np.empty((len(rows), dim), dtype=np.float32)
     # Each payload is copied whole into the result, its 5-byte header included, so no slice of it is
     # made: the header lands on the last 5 bytes of the row before, which is copied after it (the rows
     # go last to first); the first row has no row before it and gets its body alone. One pass over
     # the bytes into an array of the caller's own. Joining the payloads first and copying through a
     # strided view made two 1.5 MB buffers a batch: twice the page faults (about 3 us each on a VM)
     # whenever the allocator had handed the memory back, and it often had.
-    out = np.empty((len(texts), dim), dtype="<f4")  # little-endian float32, as stored
+    out = np.empty((len(rows), dim), dtype="<f4")  # little-endian float32, as stored
     target = out.data.cast("B")
     step = 4 * dim
-    pos = len(texts) * step - length
-    for i in range(len(texts) - 1, 0, -1):
-        target[pos : pos + length] = found[texts[i]]
+    pos = len(rows) * step - length
+    for i in range(len(rows) - 1, 0, -1):
+        target[pos : pos + length] = found[rows[i]]
         pos -= step
-    target[:step] = found[texts[0]][5:]
+    target[:step] = found[rows[0]][5:]
     return out

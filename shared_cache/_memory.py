@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from itertools import repeat
+from operator import add
 from typing import Any
 
 import orjson
@@ -53,6 +55,7 @@ EXPIRES, KIND, DATA, KEY, LEVEL, SIZE, SCOPES, CHECKED, HITS, METRICS, STAMP = r
 MemoryEntry = list[Any]
 
 _SCALARS = (str, int, float, bool, type(None))
+_OVERHEAD = 64  # bytes counted per entry beyond its payload and key
 _FLAT_MAX_ITEMS = 64
 _UNDECODED: Any = object()
 
@@ -215,7 +218,7 @@ class MemoryTier:
         """
         lifetime = self.ttl_cap if ttl <= 0 else min(ttl, self.ttl_cap)
         kind, data = hold(payload, decoded)
-        size = len(payload) + 64 + len(key)
+        size = len(payload) + _OVERHEAD + len(key)
         if size > self.max_bytes:
             return False
         checked = self.seq if seq is None else seq
@@ -232,47 +235,67 @@ class MemoryTier:
             self.bytes -= old[SIZE]
         self._data[ident] = entry
         self.bytes += size
-        while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
-            self._remove(next(iter(self._data)))
+        self._shrink()
         return True
 
     def set_embeddings(
         self,
-        idents: list[Hashable],
-        payloads: list[bytes],
-        ttls: list[float],
-        keys: list[str],
-        scopes: list[tuple[Scope, ...]],
+        idents: Sequence[Hashable],
+        payloads: Sequence[bytes],
+        ttls: Sequence[float],
+        keys: Sequence[str],
+        scopes: Sequence[tuple[Scope, ...]],
         seq: int,
         hits: MemoryCell,
     ) -> None:
         """Keep many embedding payloads at once (the batch path), the n-th of each list making one
-        entry, as :meth:`set` would, with one clock read and no per-entry decoding (parallel lists:
-        ``zip`` reuses its tuple, where a list of tuples built one per entry)."""
+        entry, as :meth:`set` would, with one clock read and no per-entry decoding. ``idents`` are
+        distinct.
+
+        The entries are built and stored by C loops (``map``, ``zip``, ``OrderedDict.update``), and
+        share one LRU stamp, the oldest of them: a hit may move one of them to the recent end a little
+        sooner than needed, never later."""
+        count = len(idents)
+        if not count == len(payloads) == len(ttls) == len(keys) == len(scopes):
+            raise ValueError("set_embeddings needs lists of one length")
+        if not count:
+            return
         now = self.timer()
-        data, cap, max_bytes, kind = self._data, self.ttl_cap, self.max_bytes, HOLD_EMBEDDING
-        valid = seq == self.seq
-        added = 0
-        moves = self.moves
-        for ident, payload, ttl, key, entry_scopes in zip(idents, payloads, ttls, keys, scopes, strict=True):
-            size = len(payload) + 64 + len(key)
-            if size > max_bytes:
-                continue
-            expires = now + (ttl if 0 < ttl < cap else cap)
-            entry = [expires, kind, payload, key, "tenant", size, entry_scopes, seq, hits, None, moves + 1]
-            if not valid and not self.revalidate(entry):
-                continue
-            moves += 1
-            old = data.pop(ident, None)
-            if old is not None:
-                added -= old[SIZE]
-            data[ident] = entry
-            added += size
-        self.stale_stamp += moves - self.moves
-        self.moves = moves
-        self.bytes += added
-        while len(data) > self.max_entries or self.bytes > max_bytes:
-            self._remove(next(iter(data)))
+        data, cap, max_bytes = self._data, self.ttl_cap, self.max_bytes
+        sizes = list(map(_OVERHEAD.__add__, map(add, map(len, payloads), map(len, keys))))
+        if max(ttls) <= 0 or min(ttls) >= cap:  # all up to the cap: the usual case
+            expires: Iterable[float] = repeat(now + cap)
+        else:
+            expires = [now + (ttl if 0 < ttl < cap else cap) for ttl in ttls]
+        entries = list(
+            map(
+                list,
+                zip(
+                    expires, repeat(HOLD_EMBEDDING), payloads, keys, repeat("tenant"), sizes, scopes,
+                    repeat(seq), repeat(hits), repeat(None), repeat(self.moves + 1),
+                ),
+            )
+        )  # fmt: skip
+        if seq != self.seq or max(sizes) > max_bytes:
+            # An eviction since the lookup began (an entry of its scopes is never kept), or an entry
+            # too big for the tier: those are left out, as set leaves them out.
+            kept = [
+                j
+                for j, entry in enumerate(entries)
+                if entry[SIZE] <= max_bytes and (entry[CHECKED] == self.seq or self.revalidate(entry))
+            ]
+            idents, entries, sizes = [idents[j] for j in kept], [entries[j] for j in kept], [sizes[j] for j in kept]
+            count = len(kept)
+        if any(map(data.__contains__, idents)):  # stored again: the old entries go first
+            for ident in idents:
+                old = data.pop(ident, None)
+                if old is not None:
+                    self.bytes -= old[SIZE]
+        data.update(zip(idents, entries, strict=True))
+        self.moves += count
+        self.stale_stamp += count
+        self.bytes += sum(sizes)
+        self._shrink()
 
     def delete(self, ident: Hashable) -> bool:
         if ident in self._data:
@@ -307,3 +330,9 @@ class MemoryTier:
     def _remove(self, ident: Hashable) -> None:
         entry = self._data.pop(ident)
         self.bytes -= entry[SIZE]
+
+    def _shrink(self) -> None:
+        """Drop the least recently used entries until the tier is within its bounds."""
+        data = self._data
+        while len(data) > self.max_entries or self.bytes > self.max_bytes:
+            self.bytes -= data.popitem(last=False)[1][SIZE]

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared_cache._memory import MemoryTier, entry_value
-from shared_cache._serialization import serialize_for_cache
+from shared_cache._metrics import new_memory_cell
+from shared_cache._serialization import encode_embedding, serialize_for_cache
 
 
 class Clock:
@@ -131,6 +132,69 @@ def test_an_entry_fetched_before_an_eviction_is_never_kept() -> None:
     tier.evict_scope(("t", "res", "document", "other"))
     assert put(tier, "d", 1, scopes=(("t",), ("t", "res", "document", "d")), seq=seq) is True
     assert "d" in tier
+
+
+def embeddings(tier: MemoryTier, names: list[str], ttls: list[float] | None = None, seq: int | None = None) -> None:
+    """Store one embedding per name at once, as a batch does (scopes: tenant, type, the name's own)."""
+    payloads = [encode_embedding([float(i), 0.5]) for i in range(len(names))]
+    tier.set_embeddings(
+        names,
+        payloads,
+        ttls if ttls is not None else [0.0] * len(names),
+        [f"key:{n}" for n in names],
+        [(("t",), ("t", "type", "embedding"), ("t", "res", "embedding", n)) for n in names],
+        tier.seq if seq is None else seq,
+        new_memory_cell(),
+    )
+
+
+def test_embeddings_stored_at_once_are_each_served_counted_and_bounded() -> None:
+    tier = MemoryTier(max_entries=50)
+    embeddings(tier, [f"e{i:02}" for i in range(40)])
+    assert len(tier) == 40
+    one = len(encode_embedding([0.0, 0.5])) + 64 + len("key:e00")
+    assert tier.bytes == 40 * one
+    embeddings(tier, [f"e{i:02}" for i in range(30, 40)])  # stored again: counted once, now the newest
+    assert len(tier) == 40 and tier.bytes == 40 * one
+    embeddings(tier, [f"n{i:02}" for i in range(20)])  # past the bound: the oldest go, not the ones stored again
+    assert len(tier) == 50 and tier.bytes == 50 * one
+    assert all(f"e{i:02}" not in tier for i in range(10)) and all(f"e{i:02}" in tier for i in range(30, 40))
+    assert [entry_value(tier.get(name)) for name in ("e10", "e39", "n19")] == [  # type: ignore[arg-type]
+        [10.0, 0.5],
+        [9.0, 0.5],  # the value it was stored with again (the 10th of that call)
+        [19.0, 0.5],
+    ]
+
+
+def test_embeddings_stored_at_once_keep_each_its_own_ttl() -> None:
+    clock = Clock()
+    tier = MemoryTier(ttl_cap=10, timer=clock)
+    embeddings(tier, ["short", "capped", "no expiry"], ttls=[2.0, 3600.0, 0.0])
+    clock.now += 3
+    assert "short" not in tier and "capped" in tier and "no expiry" in tier
+    clock.now += 8
+    assert "capped" not in tier and "no expiry" not in tier
+
+
+def test_embeddings_looked_up_before_an_eviction_of_their_scope_are_not_kept() -> None:
+    tier = MemoryTier()
+    seq = tier.seq  # read before the batch's lookup began
+    tier.evict_scope(("t", "res", "embedding", "b"))  # lands while the batch runs
+    embeddings(tier, ["a", "b", "c"], seq=seq)
+    assert len(tier) == 2  # left out, not stored to be dropped later
+    assert "a" in tier and "b" not in tier and "c" in tier
+    seq = tier.seq
+    tier.evict_scope(("t", "type", "embedding"))
+    embeddings(tier, ["a", "d"], seq=seq)
+    assert "a" not in tier and "d" not in tier and "c" not in tier  # the old "a" is not left behind either
+
+
+def test_embeddings_too_big_for_the_tier_are_skipped_and_lists_must_match() -> None:
+    tier = MemoryTier(max_bytes=100)
+    embeddings(tier, ["x" * 200, "small"])
+    assert len(tier) == 1 and "small" in tier
+    with pytest.raises(ValueError, match="one length"):
+        tier.set_embeddings(["a"], [], [0.0], ["k"], [(("t",),)], tier.seq, new_memory_cell())
 
 
 def test_evicting_a_scope_costs_the_same_for_ten_or_a_hundred_thousand_entries() -> None:
