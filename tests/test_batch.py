@@ -185,6 +185,21 @@ async def test_provider_errors_and_bad_answers(manager: CacheManager) -> None:
         await get_embeddings_batch_with_cache(["x"], "t", "m", boom)
 
 
+async def test_the_redis_hits_of_a_batch_whose_provider_fails_are_kept_in_memory(manager: CacheManager) -> None:
+    provider = Provider()
+    await get_embeddings_batch_with_cache(["a", "b"], "t", "m", provider)
+    manager.memory.clear()  # type: ignore[union-attr]
+
+    def boom(texts: list[str]) -> Any:
+        raise RuntimeError("provider down")
+
+    with pytest.raises(RuntimeError, match="provider down"):  # "c" is new: the provider is called, and fails
+        await get_embeddings_batch_with_cache(["a", "b", "c"], "t", "m", boom)
+    out, metrics = await get_embeddings_batch_with_cache(["b", "a"], "t", "m", provider)
+    assert metrics["memory_hits"] == 2 and metrics["redis_hits"] == 0 and len(provider.calls) == 1
+    assert out == [f32(provider([t])[0]) for t in ["b", "a"]]
+
+
 async def test_invalidation_of_the_type_drops_batch_entries(manager: CacheManager) -> None:
     provider = Provider()
     await get_embeddings_batch_with_cache(["a"], "t", "m", provider)
