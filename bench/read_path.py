@@ -142,9 +142,9 @@ def _batch_lookup_keys(manager: CacheManager, texts: list[str], tenant: str, mod
     return [*plan.gen_keys[:2], *entries, *gens]
 
 
-# Rounds of the batch comparison (each: both forms, their memory halves, the per-text loop): the
-# batch is bound by the client's CPU and the loop by round trips, and a shared VM's slow spells move
-# the two apart; nine rounds give a median that holds from run to run where five did not.
+# Rounds of the batch comparison (each: both forms, their memory halves, the per-text loop). The
+# batch is bound by the client's CPU and the loop by round trips, so a shared VM's slow spells move
+# the two apart: the medians of five rounds moved by a fifth from run to run, hence nine.
 _BATCH_ROUNDS = 9
 
 
