@@ -5,7 +5,8 @@ and its caches), and a baseline measured in the same run moves with it, though n
 The number of instructions a hit executes does not move (within 1% from run to run), so it says how
 much work each library does per hit, whatever the machine is doing. Each library's hit loop runs in
 a fresh process twice, with ``n`` hits and with none: the difference divided by ``n`` is the count of
-one call, its ``await`` included. Two floors are given alongside: an empty coroutine, and a bare
+one call, its ``await`` included. The hit is counted for the exported (compiled) function and for
+the Python fallback. Two floors of a Python coroutine are given alongside: an empty one, and a bare
 lookup (a coroutine with ``get_with_cache_aside``'s parameters that builds the request's identity
 and looks it up in an ``OrderedDict``, and does nothing else a hit must do). Needs ``perf``
 (Debian's ``linux-perf``) on a machine whose processor counters a process may read; elsewhere the
@@ -27,7 +28,7 @@ from typing import Any
 from bench.read_path import memory_hit_calls
 
 Row = tuple[str, str, str, str]
-LIBRARIES = ("shared_cache", "cashews", "aiocache", "empty coroutine", "bare lookup")
+LIBRARIES = ("shared_cache", "shared_cache (Python)", "cashews", "aiocache", "empty coroutine", "bare lookup")
 
 _BARE: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
 
@@ -129,6 +130,7 @@ async def instructions(rows: list[Row], url: str, quick: bool) -> None:
             goal,
             f"{ours:,.0f} instructions",
             f"cashews mem {counts['cashews']:,.0f}; aiocache {counts['aiocache']:,.0f}; "
+            f"our Python fallback {counts['shared_cache (Python)']:,.0f}; "
             f"an empty coroutine {counts['empty coroutine']:,.0f}; a bare identity lookup {counts['bare lookup']:,.0f}",
             f"{counts['cashews'] / ours:.1f}x fewer than cashews; {counts['aiocache'] / ours:.1f}x than aiocache",
         )

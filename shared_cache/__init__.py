@@ -8,10 +8,10 @@ Import everything from here; the underscored modules are private::
 from __future__ import annotations
 
 from ._batch import get_embeddings_batch_with_cache
-from ._cache_aside import get_with_cache_aside
 from ._context import Context, with_context
 from ._coordinated import invalidate_document_update
 from ._events import EvictionEvent
+from ._implementation import get_with_cache_aside
 from ._keys import DATA_TYPE_PATTERN, TENANT_PATTERN
 from ._keys import validate_tenant as validate_tenant_id
 from ._keyspace import Keyspace, Scope
