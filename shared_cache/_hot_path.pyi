@@ -1,8 +1,8 @@
 from typing import Any
 
 from ._cache_aside import Loader, Metrics
-from ._serialization import Deserializer, Serializer
 from ._context import Context
+from ._serialization import Deserializer, Serializer
 
 def perf_counter() -> float: ...
 async def get_with_cache_aside(
