@@ -72,7 +72,9 @@ async def get_with_cache_aside(
     ident = (data_type, tenant_id, resource_id, agent_id, conversation_id, collection_id)
     memory = manager.memory
     if memory is not None:
-        # Hot path: MemoryTier.get and entry_value inlined (this is the 1.5 us budget).
+        # Hot path: MemoryTier.get and entry_value inlined (this is the 1.5 us budget). _hot_path.pyx
+        # is this block compiled, what the package exports where it was built: change both together
+        # (tests/test_hot_path.py runs every behaviour of a hit against both).
         # Entry slots (see _memory): 0 expiry, 1 kind, 2 data, 3 key, 4 level, 7 checked, 8 hit counter,
         # 9 metrics without the latency (built on the first hit), 10 stamp (moved to the recent end
         # only when not among the newest quarter).
