@@ -22,7 +22,7 @@ from ._context import Context
 from ._entry import Lookup
 from ._keys import KeyPlan, check_id
 from ._manager import CacheManager
-from ._memory import entry_value
+from ._memory import entry_value, hit_metrics
 from ._read import Hit, read_redis
 from ._serialization import NONE_PAYLOAD, Deserializer, Serializer, deserialize_from_cache, encode_value
 from ._ttl import ttl_for
@@ -111,13 +111,7 @@ async def get_with_cache_aside(
                         cell[1].append(latency)
                     metrics = entry[9]
                     if metrics is None:
-                        metrics = entry[9] = {
-                            "source": "cache",
-                            "tier": "memory",
-                            "key": entry[3],
-                            "level": entry[4],
-                            "latency_ms": 0.0,
-                        }
+                        metrics = hit_metrics(entry)
                     metrics = metrics.copy()
                     metrics["latency_ms"] = latency
                     return value, metrics

@@ -25,7 +25,7 @@ from orjson import loads as _loads
 from ._cache_aside import _check_ids, _read_through
 from ._cache_aside import get_with_cache_aside as _reference
 from ._manager import CacheManager
-from ._memory import entry_value
+from ._memory import entry_value, hit_metrics
 
 
 cdef inline double _perf_counter() noexcept nogil:
@@ -108,13 +108,7 @@ async def get_with_cache_aside(
                         cell[1].append(latency)
                     template = entry[9]
                     if template is None:
-                        template = entry[9] = {
-                            "source": "cache",
-                            "tier": "memory",
-                            "key": entry[3],
-                            "level": entry[4],
-                            "latency_ms": 0.0,
-                        }
+                        template = hit_metrics(entry)
                     metrics = PyDict_Copy(template)
                     metrics["latency_ms"] = latency
                     return value, metrics

@@ -108,6 +108,19 @@ def entry_value(entry: MemoryEntry, deserializer: Callable[[Any], Any] | None = 
     return deserializer(plain) if deserializer is not None else plain
 
 
+def hit_metrics(entry: MemoryEntry) -> dict[str, Any]:
+    """The metrics of a hit on ``entry`` without its latency, built on its first hit and kept in the
+    entry: each hit returns a copy with its own latency (both ``get_with_cache_aside`` functions)."""
+    metrics = entry[METRICS] = {
+        "source": "cache",
+        "tier": "memory",
+        "key": entry[KEY],
+        "level": entry[LEVEL],
+        "latency_ms": 0.0,
+    }
+    return metrics
+
+
 def time_left(expires_at: float) -> float | None:
     """Seconds an entry expiring at wall-clock ``expires_at`` (0 = never) may stay in memory:
     0.0 means "up to the cap", None means it has already expired and must not be kept."""
