@@ -41,7 +41,7 @@ def progress(text: str) -> None:
 async def read_part(rows: list[Row], url: str, quick: bool) -> None:
     for name, step in (
         ("memory hit", read_path.memory_hit(rows)),
-        ("memory hit, instructions (perf stat)", instructions.instructions(rows, url, quick)),
+        ("memory hit, instructions", instructions.instructions(rows, url, quick)),
         ("first read", first_read.first_read(rows, url, 300 if quick else 2000)),
         ("redis hit", read_path.redis_hit(rows, url)),
         ("miss", read_path.miss(rows, url)),

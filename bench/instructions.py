@@ -1,4 +1,5 @@
-"""CPU instructions per memory-tier hit, counted by the processor (``perf stat``).
+"""CPU instructions per memory-tier hit, counted by the processor (``perf stat``) or, where its
+counters cannot be read, by valgrind's callgrind.
 
 On a shared VM the same hit takes 2 µs one minute and 3 µs the next (its neighbours share the CPU
 and its caches), and a baseline measured in the same run moves with it, though not always in step.
@@ -8,20 +9,28 @@ a fresh process twice, with ``n`` hits and with none: the difference divided by 
 one call, its ``await`` included. The hit is counted for the exported (compiled) function and for
 the Python fallback. Two floors of a Python coroutine are given alongside: an empty one, and a bare
 lookup (a coroutine with ``get_with_cache_aside``'s parameters that builds the request's identity
-and looks it up in an ``OrderedDict``, and does nothing else a hit must do). Needs ``perf``
-(Debian's ``linux-perf``) on a machine whose processor counters a process may read; elsewhere the
-row says so.
+and looks it up in an ``OrderedDict``, and does nothing else a hit must do).
+
+``perf`` (Debian's ``linux-perf``) counts on a machine whose processor counters a process may read
+(many VMs hide them: ``perf stat`` then prints ``<not supported>``). Elsewhere callgrind
+(``valgrind --tool=callgrind``) counts the same user-space instructions by running the process on a
+simulated CPU: about 50 times slower, so fewer hits are counted, and steady (two counts of the same
+child differ by about 0.005%, a few instructions a hit), so each count is taken once. The children
+run with ``PYTHONHASHSEED=0`` so that both counters see the same dict layouts from run to run.
+Without either tool the row says what is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +90,19 @@ def child(library: str, url: str, n: int) -> None:
     asyncio.run(_loop(library, url, n))
 
 
-def _count(library: str, url: str, n: int) -> int:
-    """User-space instructions of one child process."""
+def _child_command(library: str, url: str, n: int) -> list[str]:
+    return [sys.executable, "-c", f"from bench.instructions import child; child({library!r}, {url!r}, {n})"]
+
+
+def _child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONHASHSEED": "0"}
+
+
+def _count_perf(library: str, url: str, n: int) -> int:
+    """User-space instructions of one child process, from the processor's counter."""
     with tempfile.NamedTemporaryFile("r", suffix=".csv") as out:
-        code = f"from bench.instructions import child; child({library!r}, {url!r}, {n})"
-        subprocess.run(
-            ["perf", "stat", "-x", ",", "-o", out.name, "-e", "instructions:u", sys.executable, "-c", code],
-            check=True,
-            capture_output=True,
-        )
+        command = ["perf", "stat", "-x", ",", "-o", out.name, "-e", "instructions:u", *_child_command(library, url, n)]
+        subprocess.run(command, check=True, capture_output=True, env=_child_env())
         for line in Path(out.name).read_text().splitlines():
             fields = line.split(",")
             if len(fields) > 2 and fields[2].startswith("instructions") and fields[0].isdigit():
@@ -97,33 +110,59 @@ def _count(library: str, url: str, n: int) -> int:
     raise RuntimeError(f"perf stat printed no instruction count for {library}")
 
 
-def per_call(library: str, url: str, n: int) -> float:
-    """Instructions of one call: ``n`` calls minus none, over ``n`` (the smaller of two tries, so a
-    stray page fault or timer interrupt cannot add to it)."""
-    base = min(_count(library, url, 0) for _ in range(2))
-    return min(_count(library, url, n) - base for _ in range(2)) / n
+def _count_callgrind(library: str, url: str, n: int) -> int:
+    """User-space instructions of one child process, every thread's, counted by callgrind (its
+    output file's ``totals:`` line)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "callgrind.out")
+        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *_child_command(library, url, n)]
+        subprocess.run(command, check=True, capture_output=True, env=_child_env())
+        for line in out.read_text().splitlines():
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"callgrind wrote no instruction total for {library}")
 
 
-def perf_problem() -> str | None:
-    """Why instructions cannot be counted here, or None."""
-    if shutil.which("perf") is None:
-        return "perf not installed (Debian: apt-get install linux-perf)"
-    done = subprocess.run(["perf", "stat", "-x", ",", "-e", "instructions:u", "true"], capture_output=True, text=True)
-    if done.returncode != 0 or "not supported" in done.stderr or "<not counted>" in done.stderr:
-        return "this machine's processor counters are not readable (perf stat -e instructions:u)"
-    return None
+def per_call(library: str, url: str, n: int, counter: str = "perf") -> float:
+    """Instructions of one call: ``n`` calls minus none, over ``n``. perf counts twice and keeps the
+    smaller, so that a stray page fault or timer interrupt cannot add to it; callgrind's count does
+    not take such noise, and is taken once."""
+    if counter == "callgrind":
+        return (_count_callgrind(library, url, n) - _count_callgrind(library, url, 0)) / n
+    base = min(_count_perf(library, url, 0) for _ in range(2))
+    return min(_count_perf(library, url, n) - base for _ in range(2)) / n
+
+
+def choose_counter() -> tuple[str | None, str]:
+    """("perf" or "callgrind", what the row calls it), or (None, why neither can count here)."""
+    perf_ok = False
+    if shutil.which("perf") is not None:
+        probe = ["perf", "stat", "-x", ",", "-e", "instructions:u", "true"]
+        done = subprocess.run(probe, capture_output=True, text=True)
+        perf_ok = done.returncode == 0 and "not supported" not in done.stderr and "<not counted>" not in done.stderr
+    if perf_ok:
+        return "perf", "counted by perf stat"
+    if shutil.which("valgrind") is not None:
+        return "callgrind", "counted by callgrind: this machine's processor counters are not readable"
+    return None, (
+        "neither counter is here: perf (Debian's linux-perf) on a machine whose processor counters are "
+        "readable, or valgrind"
+    )
 
 
 async def instructions(rows: list[Row], url: str, quick: bool) -> None:
-    goal = "memory-tier hit, CPU instructions per call, counted by perf stat (the same on a busy or a quiet VM)"
-    problem = perf_problem()
-    if problem is not None:
-        rows.append((goal, "not measured", problem, ""))
+    counter, how = choose_counter()
+    goal = "memory-tier hit, CPU instructions per call, the same on a busy or a quiet VM"
+    goal += f" ({how})" if counter else ""
+    if counter is None:
+        rows.append((goal, "not measured", how, ""))
         return
-    n = 20_000 if quick else 200_000
-    counts = {}
-    for library in LIBRARIES:
-        counts[library] = await asyncio.to_thread(per_call, library, url, n)
+    # callgrind runs a child about 50x slower: fewer hits, two children at a time (instruction
+    # counts do not depend on what else the machine runs).
+    n = 20_000 if quick or counter == "callgrind" else 200_000
+    with ThreadPoolExecutor(max_workers=2 if counter == "callgrind" else 1) as pool:
+        futures = {library: pool.submit(per_call, library, url, n, counter) for library in LIBRARIES}
+        counts = {library: await asyncio.wrap_future(future) for library, future in futures.items()}
     ours = counts["shared_cache"]
     rows.append(
         (
