@@ -70,10 +70,10 @@ class Lookup(NamedTuple):
 def parse_lookup(reply: Sequence[Any]) -> Lookup:
     """The reply of lookup.lua as a ``Lookup`` (pure)."""
     level = int(reply[0])
-    if level:
-        entry = parse_entry(reply[1])
-        if entry is None:  # an empty payload never decodes: the reader deletes the entry
+    if level:  # parse_entry's work, without its Entry (this runs on every first read of a key)
+        parts = reply[1].split(b"|", 2)
+        if len(parts) != 3 or not parts[1].isdigit():  # an empty payload never decodes: the reader deletes it
             return Lookup(level, b"", 0.0, b"", False, None)
-        return Lookup(level, entry.payload, entry.expires_at, entry.tag, False, None)
+        return Lookup(level, parts[2], int(parts[1]) / 1000.0, parts[0], False, None)
     holder = reply[3] if len(reply) > 3 and reply[3] else None
     return Lookup(0, b"", 0.0, reply[1], bool(reply[2]), holder)

@@ -169,8 +169,49 @@ def _shape(given: tuple[bool, bool, bool]) -> _Shape:
 
 
 _SHAPES = {(a, b, c): _shape((a, b, c)) for a in (False, True) for b in (False, True) for c in (False, True)}
-_BASIC = _SHAPES[False, False, False].lookup_args
-_keyspaces: dict[str, Keyspace] = {}
+
+
+class _Context(NamedTuple):
+    """What every plan of one context (prefix, type, tenant and the given parts) shares: the keys of
+    its plans minus the resource id, which comes last in each."""
+
+    entry_heads: tuple[str, ...]  # per level, its entry key up to the resource id
+    gen_head: tuple[str, str]  # the tenant's and the type's generation counters
+    gen_resource: str  # the resource's generation counter up to the resource id
+    gen_tail: tuple[str, ...]  # the given parts' generation counters
+    lease_head: str  # the lease key up to the resource id
+    scope_head: tuple[Scope, Scope]  # the tenant's and the type's scopes
+    scope_tail: tuple[Scope, ...]  # the given parts' scopes
+    shape: _Shape
+
+
+# Contexts seen (a process sees few: tenants times types times the parts given; bounded anyway).
+_contexts: dict[tuple[str, str, str, str | None, str | None, str | None], _Context] = {}
+_CONTEXTS_MAX = 10_000
+
+
+def _context(prefix: str, dtype: str, tenant: str, agent: str | None, conv: str | None, coll: str | None) -> _Context:
+    tag = Keyspace(prefix).tenant_tag(tenant)
+    base = f"{tag}:{dtype}:"
+    given = [
+        (kind, value)
+        for kind, value in ((SCOPE_AGENT, agent), (SCOPE_CONVERSATION, conv), (SCOPE_COLLECTION, coll))
+        if value is not None
+    ]
+    parts = [f"{kind}:{value}" for kind, value in given]
+    shape = _SHAPES[agent is not None, conv is not None, coll is not None]
+    heads = tuple([base + "".join([parts[j] + ":" for j in level]) for level in shape.levels])
+    gen = tag + ":#gen"
+    return _Context(
+        entry_heads=heads,
+        gen_head=(gen, f"{gen}:type:{dtype}"),
+        gen_resource=f"{gen}:res:{dtype}:",
+        gen_tail=tuple([f"{gen}:{part}" for part in parts]),
+        lease_head=f"{tag}:#lease:" + heads[0][len(tag) + 1 :],
+        scope_head=((tenant,), (tenant, SCOPE_TYPE, dtype)),
+        scope_tail=tuple([(tenant, kind, value) for kind, value in given]),
+        shape=shape,
+    )
 
 
 def build_plan(
@@ -182,44 +223,41 @@ def build_plan(
     conversation_id: object = None,
     collection_id: object = None,
 ) -> KeyPlan:
-    """Validate a request's ids and compute its keys, hierarchy and scopes."""
+    """Validate a request's ids and compute its keys, hierarchy and scopes.
+
+    A process's first read of a key builds its plan (about a tenth of a first read's client work
+    before this was split): what the plans of one context share is built once, and a new resource
+    id adds itself at the end of each key. Every id is validated and encoded on every call: the
+    context is looked up by the encoded ids, so ``True`` never finds ``1``'s context.
+    """
     tenant = validate_tenant(tenant_id)
     dtype = validate_data_type(data_type)
     res = encode_id(resource_id, "resource_id")
     agent = None if agent_id is None else encode_id(agent_id, "agent_id")
     conv = None if conversation_id is None else encode_id(conversation_id, "conversation_id")
     coll = None if collection_id is None else encode_id(collection_id, "collection_id")
-    keyspace = _keyspaces.get(prefix)
-    if keyspace is None:
-        keyspace = _keyspaces[prefix] = Keyspace(prefix)
-    tag = keyspace.tenant_tag(tenant)
-    base = f"{tag}:{dtype}:"
-    if agent is None and conv is None and coll is None:  # the common case, kept short
-        entry = base + res
-        scopes: tuple[Scope, ...] = ((tenant,), (tenant, SCOPE_TYPE, dtype), (tenant, SCOPE_RESOURCE, dtype, res))
-        gen_keys = keyspace.request_generations(tag, dtype, res, [])
-        lease = keyspace.lease(tenant, entry)
-        mget_keys = (entry, *gen_keys, lease)
-        return KeyPlan(tenant, dtype, (entry,), ("tenant",), ((0, 1, 2),), gen_keys, lease, scopes, mget_keys, _BASIC)
-    shape = _SHAPES[agent is not None, conv is not None, coll is not None]
-    given = [
-        (kind, value)
-        for kind, value in ((SCOPE_AGENT, agent), (SCOPE_CONVERSATION, conv), (SCOPE_COLLECTION, coll))
-        if value is not None
-    ]
-    parts = [f"{kind}:{value}" for kind, value in given]
-    entry_keys = tuple([base + "".join([parts[j] + ":" for j in level]) + res for level in shape.levels])
-    scopes = (
-        (tenant,),
-        (tenant, SCOPE_TYPE, dtype),
-        (tenant, SCOPE_RESOURCE, dtype, res),
-        *[(tenant, k, v) for k, v in given],
-    )
-    gen_keys = keyspace.request_generations(tag, dtype, res, parts)
-    lease = keyspace.lease(tenant, entry_keys[0])
-    mget_keys = (*entry_keys, *gen_keys, lease)
+    where = (prefix, dtype, tenant, agent, conv, coll)
+    ctx = _contexts.get(where)
+    if ctx is None:
+        if len(_contexts) >= _CONTEXTS_MAX:
+            _contexts.clear()
+        ctx = _contexts[where] = _context(*where)
+    entry_keys = tuple([head + res for head in ctx.entry_heads])
+    gen_keys = (*ctx.gen_head, ctx.gen_resource + res, *ctx.gen_tail)
+    lease = ctx.lease_head + res
+    scopes = (*ctx.scope_head, (tenant, SCOPE_RESOURCE, dtype, res), *ctx.scope_tail)
+    shape = ctx.shape
     return KeyPlan(
-        tenant, dtype, entry_keys, shape.names, shape.gens, gen_keys, lease, scopes, mget_keys, shape.lookup_args
+        tenant,
+        dtype,
+        entry_keys,
+        shape.names,
+        shape.gens,
+        gen_keys,
+        lease,
+        scopes,
+        (*entry_keys, *gen_keys, lease),
+        shape.lookup_args,
     )
 
 

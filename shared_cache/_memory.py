@@ -54,20 +54,22 @@ HOLD_FLAT = 4  # dict or list of scalars: a shallow copy is a full copy, and 4x 
 EXPIRES, KIND, DATA, KEY, LEVEL, SIZE, SCOPES, CHECKED, HITS, METRICS, STAMP = range(11)
 MemoryEntry = list[Any]
 
-_SCALARS = (str, int, float, bool, type(None))
+# Exact types: what a JSON decode gives (a subclass, an enum say, is not what a Redis hit returns).
+_SCALAR_TYPES = frozenset((str, int, float, bool, type(None)))
 _OVERHEAD = 64  # bytes counted per entry beyond its payload and key
 _FLAT_MAX_ITEMS = 64
 _UNDECODED: Any = object()
 
 
 def _is_flat(value: Any) -> bool:
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is dict:
         items: Iterable[Any] = value.values()
-    elif isinstance(value, list):
+    elif kind is list:
         items = value
     else:
         return False
-    return len(value) <= _FLAT_MAX_ITEMS and all(isinstance(v, _SCALARS) for v in items)
+    return len(value) <= _FLAT_MAX_ITEMS and _SCALAR_TYPES.issuperset(map(type, items))
 
 
 def hold(payload: bytes, decoded: Any = _UNDECODED) -> tuple[int, Any]:

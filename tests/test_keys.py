@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared_cache import InvalidKeyError
+from shared_cache import InvalidKeyError, _keys
 from shared_cache._entry import parse_lookup
 from shared_cache._keys import build_plan, encode_id, gen_key
 
@@ -89,6 +89,58 @@ def test_resource_ids_cannot_reach_bookkeeping_keys(resource: str) -> None:
     plan = build_plan("", "document", "t", resource)
     assert ":#" not in plan.entry_keys[0]
     assert plan.entry_keys[0] != gen_key("", ("t",))
+
+
+optional = st.one_of(st.none(), hostile)
+
+
+tenants = st.sampled_from(["t1", "t2"])
+
+
+@given(resource=hostile, other=hostile, agent=optional, conv=optional, coll=optional, tenant=tenants)
+def test_plans_built_from_a_shared_context_are_the_plans_built_afresh(
+    resource: str, other: str, agent: str | None, conv: str | None, coll: str | None, tenant: str
+) -> None:
+    """The plans of one context share what they have in common (built once); a plan built that way
+    is exactly the plan built from nothing, whichever plans of this or a neighbouring context were
+    built before it."""
+    requests = [
+        ("document", tenant, resource, agent, conv, coll),
+        ("document", tenant, other, agent, conv, coll),  # the same context, another resource
+        ("document", tenant, resource, agent, conv, None),  # neighbours: one part fewer, another type,
+        ("query_result", tenant, resource, agent, conv, coll),  # another tenant
+        ("document", "t3", resource, agent, conv, coll),
+        ("document", tenant, resource, agent, conv, coll),  # and the first again
+    ]
+    fresh = []
+    for request in requests:
+        _keys._contexts.clear()
+        fresh.append(build_plan("sc:", *request))
+    _keys._contexts.clear()
+    assert [build_plan("sc:", *request) for request in requests] == fresh
+    plan = fresh[0]
+    assert all(key.endswith(encode_id(resource)) for key in plan.entry_keys)
+    assert plan.gen_keys[2] == gen_key("sc:", (tenant, "res", "document", encode_id(resource)))
+    assert plan.lease_key == f"sc:{{{tenant}}}:#lease:" + plan.entry_keys[0][len(f"sc:{{{tenant}}}:") :]
+
+
+def test_a_known_context_still_validates_every_id() -> None:
+    """Contexts are found by the encoded ids: ``True`` never finds the context of ``1``."""
+    build_plan("sc:", "document", "t1", "d", agent_id=1, collection_id=1)
+    for bad in (True, 1.0):
+        with pytest.raises(InvalidKeyError, match="invalid agent_id"):
+            build_plan("sc:", "document", "t1", "d", agent_id=bad, collection_id=1)
+        with pytest.raises(InvalidKeyError, match="invalid resource_id"):
+            build_plan("sc:", "document", "t1", bad, agent_id=1, collection_id=1)
+
+
+def test_the_contexts_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_keys, "_CONTEXTS_MAX", 5)
+    _keys._contexts.clear()
+    for i in range(12):
+        plan = build_plan("sc:", "document", f"t{i}", "d", agent_id="a")
+        assert plan.entry_keys == (f"sc:{{t{i}}}:document:agent:a:d", f"sc:{{t{i}}}:document:d")
+        assert len(_keys._contexts) <= 5
 
 
 def test_long_ids_are_hashed_and_bounded() -> None:

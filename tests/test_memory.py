@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared_cache._memory import MemoryTier, entry_value
+from shared_cache._memory import HOLD_FLAT, HOLD_JSON, MemoryTier, entry_value, hold
 from shared_cache._metrics import new_memory_cell
 from shared_cache._serialization import encode_embedding, serialize_for_cache
 
@@ -241,3 +242,19 @@ def test_hits_return_fresh_objects() -> None:
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="memory tier bounds must be positive"):
         MemoryTier(max_entries=0)
+
+
+class _Level(enum.IntEnum):
+    HIGH = 1
+
+
+def test_only_flat_values_of_plain_scalars_are_kept_as_copies() -> None:
+    """A dict or list of plain scalars is kept decoded (a shallow copy is a full copy); anything else
+    keeps its JSON body, decoded on each hit, so a hit returns what a Redis hit would."""
+    flat = {"id": "d", "pages": 12, "ratio": 0.5, "public": True, "note": None}
+    kind, data = hold(serialize_for_cache(flat), flat)
+    assert kind == HOLD_FLAT and data == flat and data is not flat
+    assert hold(serialize_for_cache([1, "a", None]))[0] == HOLD_FLAT
+    for other in ({"tags": ["a"]}, [{"a": 1}], list(range(65)), {"level": _Level.HIGH}):
+        kind, data = hold(b"j" + b"{}", other)  # the decoded value is what is judged
+        assert kind == HOLD_JSON, other
