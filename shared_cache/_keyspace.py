@@ -71,13 +71,6 @@ class Keyspace:
         gen = f"{self.prefix}{{{scopes[0][0]}}}:#gen"
         return tuple([gen if len(scope) == 1 else gen + ":" + ":".join(scope[1:]) for scope in scopes])
 
-    def request_generations(self, tag: str, data_type: str, resource: str, parts: list[str]) -> tuple[str, ...]:
-        """The generation counters of one request, for a plan (the read path builds one per identity):
-        tenant, type, resource, then ``parts`` (``agent:A``, ``conv:C``, ``coll:L``, where given);
-        ``tag`` is :meth:`tenant_tag`. The same keys as :meth:`generation`, spelled for speed."""
-        gen = tag + ":#gen"
-        return (gen, f"{gen}:type:{data_type}", f"{gen}:res:{data_type}:{resource}", *[f"{gen}:{p}" for p in parts])
-
     def lease(self, tenant_id: str, entry_key: str) -> str:
         """Lease of the process that fetches ``entry_key`` (an entry of the same tenant)."""
         tag = self.tenant_tag(tenant_id)
