@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import figures, service
+from bench import figures, idle, service
 from bench.loadgen import Keys, arrivals, find_wrk, run_paced, run_python, run_wrk
 from devtools.embedded import EmbeddedPostgres
 from shared_cache import CacheManager
@@ -103,3 +103,26 @@ def test_service_endpoints_agree_and_the_cached_one_is_served_from_the_cache(
     shares = service.served_from(service.stats_reports(redis_url))
     assert shares["db"] >= 1 and shares["memory"] + shares["redis"] >= 2
     assert sum(shares.values()) >= result.requests + 4
+
+
+def test_idle_setting_is_named_and_halt_polling_is_set_for_the_block_then_put_back(tmp_path: Path) -> None:
+    driver, halt_poll = tmp_path / "current_driver", tmp_path / "guest_halt_poll_ns"
+    driver.write_text("haltpoll\n")
+    halt_poll.write_text("0\n")
+    assert idle.describe(driver, halt_poll) == "guest halt polling off (guest_halt_poll_ns=0)"
+    with idle.kernel_default_halt_polling(halt_poll) as changed:
+        assert changed and halt_poll.read_text() == f"{idle.KERNEL_DEFAULT_NS}\n"
+        assert idle.describe(driver, halt_poll) == "guest halt polling up to 200 us"
+    assert halt_poll.read_text() == "0\n"
+    with pytest.raises(RuntimeError), idle.kernel_default_halt_polling(halt_poll):
+        raise RuntimeError("the measure failed")
+    assert halt_poll.read_text() == "0\n"  # put back however the block ends
+    halt_poll.write_text("50000\n")  # on already: left as it is
+    with idle.kernel_default_halt_polling(halt_poll) as changed:
+        assert not changed and halt_poll.read_text() == "50000\n"
+    assert idle.describe(driver, halt_poll) == "guest halt polling up to 50 us"
+    with idle.kernel_default_halt_polling(tmp_path / "absent") as changed:  # no haltpoll driver
+        assert not changed and not (tmp_path / "absent").exists()
+    driver.write_text("intel_idle\n")
+    assert idle.describe(driver, halt_poll) == "cpuidle driver intel_idle"
+    assert idle.describe(tmp_path / "absent", halt_poll) == "cpuidle driver unknown"
