@@ -36,16 +36,6 @@ def parse_entry(raw: bytes) -> Entry | None:
     return Entry(parts[0], int(parts[1]) / 1000.0, parts[2])
 
 
-def current_payload(raw: bytes | None, want: bytes) -> tuple[bytes, float] | None:
-    """``(payload, expires_at)`` if the entry ``raw`` is tagged ``want`` (current), else None."""
-    if raw is None:
-        return None
-    entry = parse_entry(raw)
-    if entry is None or entry.tag != want:
-        return None
-    return entry.payload, entry.expires_at
-
-
 def stale_tag(raw: bytes) -> bytes:
     """The tag a stale entry carries (what a reclaim must still find there to delete it)."""
     return raw.partition(b"|")[0]
@@ -70,10 +60,10 @@ class Lookup(NamedTuple):
 def parse_lookup(reply: Sequence[Any]) -> Lookup:
     """The reply of lookup.lua as a ``Lookup`` (pure)."""
     level = int(reply[0])
-    if level:  # parse_entry's work, without its Entry (this runs on every first read of a key)
-        parts = reply[1].split(b"|", 2)
-        if len(parts) != 3 or not parts[1].isdigit():  # an empty payload never decodes: the reader deletes it
+    if level:
+        entry = parse_entry(reply[1])
+        if entry is None:  # an empty payload never decodes: the reader deletes the entry
             return Lookup(level, b"", 0.0, b"", False, None)
-        return Lookup(level, parts[2], int(parts[1]) / 1000.0, parts[0], False, None)
+        return Lookup(level, entry.payload, entry.expires_at, entry.tag, False, None)
     holder = reply[3] if len(reply) > 3 and reply[3] else None
     return Lookup(0, b"", 0.0, reply[1], bool(reply[2]), holder)
